@@ -1,0 +1,224 @@
+"""Named public files the project uses: where they come from, their sha256, and where they live on disk.
+
+`fetch(name)` returns a local path to a verified copy:
+- with `SCRATCHLM_MIRROR=DIR`, from `DIR/<asset.path>` (a folder laid out like the project's shared data mirror),
+  verified but never copied or modified;
+- otherwise from the cache (`SCRATCHLM_CACHE`, default `~/.cache/scratchlm`), downloading it first if needed:
+  to a temporary file, with a progress line, unpacked when the public source ships an archive, verified, then
+  renamed into place. A checksum mismatch deletes the download and names the asset and both hashes.
+
+Stdlib only: this module is imported by the pure-Python tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from scratchlm.errors import ScratchlmError
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    url: str
+    sha256: str
+    """sha256 of the file as used (the extracted member when `member` is set)."""
+    path: str
+    """Relative path in the mirror folder and in the cache."""
+    description: str
+    member: str | None = None
+    """File inside the zip/tar archive at `url`, when the public source ships an archive."""
+
+
+_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"
+_RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
+
+REGISTRY: dict[str, Asset] = {
+    a.name: a
+    for a in [
+        Asset(
+            "gpt2-encoder",
+            f"{_GPT2}/encoder.json",
+            "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+            "gpt2/encoder.json",
+            "GPT-2 BPE vocabulary (token string -> id)",
+        ),
+        Asset(
+            "gpt2-vocab",
+            f"{_GPT2}/vocab.bpe",
+            "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+            "gpt2/vocab.bpe",
+            "GPT-2 BPE merges, in rank order",
+        ),
+        Asset(
+            "tinyshakespeare",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "tinyshakespeare.txt",
+            "Tiny Shakespeare, 1.1 MB of plays (char-rnn)",
+        ),
+        Asset(
+            "the-verdict",
+            f"{_RASBT}/ch02/01_main-chapter-code/the-verdict.txt",
+            "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+            "the-verdict.txt",
+            "Edith Wharton's short story 'The Verdict' (LLMs-from-scratch, ch. 2)",
+        ),
+        Asset(
+            "wikitext-2-valid",
+            "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/valid.txt",
+            "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+            "wikitext-2-valid.tokens",
+            "WikiText-2 validation split (wiki.valid.tokens)",
+        ),
+        Asset(
+            "wikitext-2-test",
+            "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/test.txt",
+            "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+            "wikitext-2-test.tokens",
+            "WikiText-2 test split (wiki.test.tokens)",
+        ),
+        Asset(
+            "sms-spam",
+            "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+            "SMSSpamCollection.tsv",
+            "UCI SMS Spam Collection: label TAB text, 5,574 messages",
+            member="SMSSpamCollection",
+        ),
+        Asset(
+            "instruction-data",
+            f"{_RASBT}/ch07/01_main-chapter-code/instruction-data.json",
+            "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+            "instruction-data.json",
+            "1,100 Alpaca-style instruction/input/output records (LLMs-from-scratch, ch. 7)",
+        ),
+        Asset(
+            "instruction-data-with-preference",
+            f"{_RASBT}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+            "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+            "instruction-data-with-preference.json",
+            "The instruction data with chosen/rejected responses, for DPO",
+        ),
+    ]
+}
+
+
+def get_asset(name: str) -> Asset:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ScratchlmError(
+            f"unknown asset {name!r}; known assets: {', '.join(sorted(REGISTRY))} (see `scratchlm fetch --list`)"
+        ) from None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SCRATCHLM_CACHE") or Path.home() / ".cache" / "scratchlm")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_verified: dict[tuple[str, float, int], bool] = {}
+
+
+def _is_verified(path: Path, expected: str) -> bool:
+    st = path.stat()
+    key = (str(path), st.st_mtime, st.st_size)
+    if key not in _verified:
+        _verified[key] = sha256_file(path) == expected
+    return _verified[key]
+
+
+def fetch(name: str, progress: bool = True) -> Path:
+    """Return a local, checksum-verified path to the named asset (see the module docstring)."""
+    asset = get_asset(name)
+    mirror = os.environ.get("SCRATCHLM_MIRROR")
+    if mirror:
+        path = Path(mirror) / asset.path
+        if not path.is_file():
+            raise ScratchlmError(
+                f"asset {name!r} is not in the mirror: {path} does not exist; add it there or unset SCRATCHLM_MIRROR"
+            )
+        if not _is_verified(path, asset.sha256):
+            raise ScratchlmError(
+                f"asset {name!r}: checksum mismatch for mirror file {path}: expected sha256 {asset.sha256}, "
+                f"got {sha256_file(path)}; replace the file with the published one"
+            )
+        return path
+    path = cache_dir() / asset.path
+    if path.is_file() and _is_verified(path, asset.sha256):
+        return path
+    _download(asset, path, progress)
+    return path
+
+
+def _download(asset: Asset, dest: Path, progress: bool) -> None:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ScratchlmError(
+            f"cannot create cache folder {dest.parent}: {e.strerror or e}; set SCRATCHLM_CACHE to a writable folder"
+        ) from None
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmpdir:
+        raw = Path(tmpdir) / "raw"
+        try:
+            _http_get(asset.url, raw, asset.name if progress else None)
+        except OSError as e:
+            raise ScratchlmError(
+                f"could not download asset {asset.name!r} from {asset.url}: {e}; check the network, "
+                f"or set SCRATCHLM_MIRROR to a folder that holds {asset.path}"
+            ) from None
+        got = raw if asset.member is None else _extract(raw, asset.member, Path(tmpdir) / "member")
+        digest = sha256_file(got)
+        if digest != asset.sha256:
+            got.unlink()
+            raise ScratchlmError(
+                f"asset {asset.name!r}: checksum mismatch for the download from {asset.url}: expected sha256 "
+                f"{asset.sha256}, got {digest}; the file was deleted, try again or use SCRATCHLM_MIRROR"
+            )
+        os.replace(got, dest)
+
+
+def _extract(archive: Path, member: str, out: Path) -> Path:
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst:
+            dst.write(src.read())
+    else:
+        with tarfile.open(archive) as t:
+            src = t.extractfile(member)
+            assert src is not None, f"{member} is not a file in {archive}"
+            out.write_bytes(src.read())
+    return out
+
+
+def _http_get(url: str, out: Path, label: str | None) -> None:
+    req = urllib.request.Request(url, headers={"User-Agent": "scratchlm"})
+    with urllib.request.urlopen(req, timeout=60) as r, open(out, "wb") as f:
+        total = int(r.headers.get("Content-Length") or 0)
+        done, last = 0, 0.0
+        while block := r.read(1 << 16):
+            f.write(block)
+            done += len(block)
+            now = time.monotonic()
+            if label and (now - last > 0.2 or done == total):
+                last = now
+                pct = f"{100 * done / total:5.1f}%" if total else ""
+                print(f"\r{label}: {done / 1e6:8.2f} MB {pct}", end="", file=sys.stderr, flush=True)
+        if label:
+            print(file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Config dataclass -> command-line flags, through tyro.
+
+Every field of the command's dataclass is a kebab-case flag (`max_steps` -> `--max-steps`; the snake spelling
+works too) with the field's docstring as help. `--config FILE.yaml` loads field values from a file first and
+flags override it. Booleans accept `--flag`, `--flag true|false` and `--no-flag`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import tyro
+import yaml
+
+from scratchlm.dataclass_io import from_dict
+from scratchlm.errors import ScratchlmError
+
+T = TypeVar("T")
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def parse(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
+    """Parse `argv` into an instance of the dataclass `cls` (see the module docstring)."""
+    argv = list(argv)
+    default: T | None = None
+    config_path = _pop_option(argv, "--config")
+    if config_path is not None:
+        default = load_yaml_config(cls, Path(config_path))
+    argv = _normalise_bools(argv, _bool_flags(cls))
+    doc = (description or (cls.__doc__ or "")).strip()
+    doc += "\n--config FILE.yaml loads these settings from a file; flags given after it override the file."
+    return tyro.cli(
+        cls,
+        args=argv,
+        prog=prog,
+        description=doc,
+        default=default,
+        config=(tyro.conf.FlagConversionOff,),
+    )
+
+
+def load_yaml_config(cls: type[T], path: Path) -> T:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ScratchlmError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+    except yaml.YAMLError as e:
+        raise ScratchlmError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    return from_dict(cls, data, where=str(path))
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == name:
+            if i + 1 >= len(argv):
+                raise ScratchlmError(f"{name} needs a value: {name} FILE.yaml")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if tok.startswith(name + "="):
+            del argv[i]
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _bool_flags(cls: type, prefix: str = "") -> set[str]:
+    """The flag spellings (kebab and snake, with nesting prefixes) of every bool field."""
+    flags: set[str] = set()
+    hints = typing.get_type_hints(cls, include_extras=False)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if tp is bool or (args == [bool]):
+            flags.add(prefix + f.name)
+            flags.add(prefix + f.name.replace("_", "-"))
+        elif dataclasses.is_dataclass(tp):
+            flags |= _bool_flags(tp, prefix + f.name + ".")
+    return flags
+
+
+def _normalise_bools(argv: list[str], flags: set[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, value = tok[2:].partition("=") if tok.startswith("--") else ("", "", "")
+        if name in flags:
+            nxt = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            if nxt is not None and nxt.lower() in _TRUE | _FALSE:
+                out += [f"--{name}", "True" if nxt.lower() in _TRUE else "False"]
+                i += 1 if eq else 2
+                continue
+            out += [f"--{name}", "True"]
+        elif name.startswith("no-") and name[3:] in flags or name.startswith("no_") and name[3:] in flags:
+            out += [f"--{name[3:]}", "False"]
+        else:
+            out.append(tok)
+        i += 1
+    return out

@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests write only under tmp_path and never touch the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MIRROR = Path(os.environ.get("SCRATCHLM_MIRROR") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test sees the data mirror and a private cache, so nothing is downloaded or written to $HOME."""
+    monkeypatch.setenv("SCRATCHLM_MIRROR", str(MIRROR.resolve()))
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def mirror() -> Path:
+    return MIRROR.resolve()
