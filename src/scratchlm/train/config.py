@@ -1,0 +1,140 @@
+"""`TrainConfig`: every setting of the one training loop, one field per flag.
+
+Shared by `scratchlm pretrain` and every `scratchlm finetune ...` command: the field name is the YAML key, the
+`config.json` key (section `train`) and, kebab-cased, the flag (`max_steps` -> `--max-steps`). Settings the loop
+derives (gradient accumulation, the device actually used) are computed in `train/loop.py`, not stored here, so
+they cannot disagree with the fields they come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scratchlm.errors import ConfigError
+
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Train a model: batches, optimizer, schedule, precision, evaluation, checkpoints, progress."""
+
+    # ---- run folder, resume, reproducibility
+    out: Path = Path("runs/run")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, train_config.yaml."""
+    resume: str | None = None
+    """`auto` (newest checkpoint in --out if any, else start fresh) or a checkpoint/run folder path."""
+    seed: int = 1337
+    """Seed for weights, data order, dropout and samples."""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. Under torchrun each rank takes cuda:LOCAL_RANK."""
+
+    # ---- batch and length of the run
+    micro_batch_size: int = 12
+    """Sequences per forward/backward pass on one process."""
+    global_batch_tokens: int | None = None
+    """Tokens per optimizer step over all processes and accumulation steps; None = one micro-batch per process.
+    Gradient accumulation = global_batch_tokens / (micro_batch_size * context_length * world_size)."""
+    max_steps: int | None = 2000
+    """Stop after this many optimizer steps (None: no step limit)."""
+    max_tokens: int | None = None
+    """Stop once this many training tokens have been seen (None: no token limit)."""
+    max_minutes: float | None = None
+    """Stop (saving a checkpoint) after this much training wall time; the LR schedule still follows --max-steps."""
+
+    # ---- optimizer (AdamW; weight decay only on matrices) and LR schedule
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of warm-up."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the decay."""
+    schedule: str = "cosine"
+    """After warm-up: cosine, linear, wsd (warmup-stable-decay) or constant decay to --min-lr at --max-steps."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0 to --lr."""
+    decay_fraction: float = 0.2
+    """wsd only: the last fraction of --max-steps spent decaying linearly to --min-lr."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices (2-D+ weights) only, never to biases, norms or gains."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+
+    # ---- speed and memory
+    precision: str = "auto"
+    """fp32, bf16 (autocast), fp16 (autocast + grad scaler) or auto (bf16 on CUDA when supported, else fp32)."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs; off by default because compiling costs minutes on CPU)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
+
+    # ---- evaluation, checkpoints, progress
+    eval_every: int = 250
+    """Evaluate (val loss, perplexity, eval tasks) every N steps and at the end (0: only at the end)."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation (0: the whole validation split)."""
+    eval_tasks: tuple[str, ...] = ()
+    """Periodic evaluation tasks run with val (see docs/eval.md); empty = none."""
+    save_every: int = 1000
+    """Save a checkpoint every N steps (0: only at the end); one is always saved at the end and on Ctrl-C."""
+    keep_last: int = 3
+    """Keep the newest K step folders (0 keeps all)."""
+    log_every: int = 10
+    """Refresh the progress bar and append to metrics.jsonl every N steps."""
+    sample_every: int = 0
+    """Log a few generated lines every N steps (0: only at the end of pretraining)."""
+    sample_prompt: str = "\n"
+    """Prompt for the periodic samples."""
+    sample_tokens: int = 200
+    """Tokens generated per sample."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tensorboard package) in --out/tensorboard."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs wandb and a login)."""
+    progress: bool = True
+    """Show the live progress bar (metrics.jsonl is written either way)."""
+
+    # ---- loss-spike guard
+    spike_window: int = 50
+    """Moving window (steps) of loss and grad-norm statistics for the spike guard (0 disables the guard)."""
+    spike_zscore: float = 6.0
+    """A step whose loss or grad norm is this many standard deviations above the window mean is skipped."""
+    spike_patience: int = 3
+    """This many spikes within one window roll back to the last good checkpoint."""
+    spike_lr_factor: float = 0.5
+    """After a rollback the learning rate is multiplied by this factor."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"--device {self.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
+        if self.micro_batch_size < 1:
+            raise ConfigError(f"--micro-batch-size must be at least 1, got {self.micro_batch_size}")
+        if self.global_batch_tokens is not None and self.global_batch_tokens < 1:
+            raise ConfigError(f"--global-batch-tokens must be positive, got {self.global_batch_tokens}")
+        if self.max_steps is None and self.max_tokens is None and self.max_minutes is None:
+            raise ConfigError("the run has no end: set --max-steps, --max-tokens or --max-minutes")
+        for name in ("max_steps", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"--min-lr {self.min_lr} must lie between 0 and --lr {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"--decay-fraction must lie in (0, 1], got {self.decay_fraction}")
+        for name in ("eval_every", "eval_batches", "save_every", "keep_last", "sample_every", "spike_window"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
+        if self.resume is not None and self.resume == "":
+            raise ConfigError("--resume needs `auto` or a checkpoint path")
