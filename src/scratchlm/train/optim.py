@@ -1,0 +1,98 @@
+"""AdamW with weight decay on matrices only, and the learning-rate schedules (pure functions of the step).
+
+Why decay only matrices: weight decay pulls weights towards zero to regularise the linear maps (and embeddings);
+doing that to biases, LayerNorm/RMSNorm gains or other vectors only shifts or shrinks activations, which hurts and
+regularises nothing. The rule is by shape (`p.dim() >= 2`), so it holds for every model family and for LoRA's A/B.
+
+The schedule is `lr_at(step)`: warm-up, then cosine, linear, warmup-stable-decay (WSD) or constant to the minimum.
+It keeps no state beyond the step, which is why resume only needs the step (and the rollback scale, see
+`train/guard.py`) to reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups over the trainable parameters: matrices decay, vectors and scalars do not.
+
+    Tied weights appear once (`named_parameters` de-duplicates them), so they are updated once per step.
+    """
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
+    groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    device_type: str,
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, fused into one kernel per step where this torch build supports it.
+
+    Fused and foreach AdamW compute the same update; fused is faster on CUDA and (recent torch) on CPU.
+    """
+    groups = param_groups(module, weight_decay)
+    if not groups:
+        raise AssertionError("no trainable parameters: the mode froze everything")
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cuda", "cpu", "mps"))
+    except (RuntimeError, TypeError):  # an older build or a device without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def lr_at(
+    step: int,
+    *,
+    lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    total_steps: int | None,
+    schedule: str = "cosine",
+    decay_fraction: float = 0.2,
+) -> float:
+    """Learning rate for optimizer step `step` (0-based).
+
+    Warm-up: `lr * (step + 1) / warmup_steps`, so the last warm-up step (warmup_steps - 1) runs at `lr` and
+    step 0 is not wasted at zero. Then, over the steps from `warmup_steps` to `total_steps`:
+      cosine:   min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2, p from 0 to 1
+      linear:   lr - (lr - min_lr) * p
+      wsd:      lr until the last `decay_fraction` of the run, then linear to min_lr
+      constant: lr
+    Past `total_steps` (or when it is unknown, e.g. a time-budget run) the schedule holds its final value
+    (`lr` when unknown).
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps is None:
+        return lr
+    if schedule == "wsd":
+        decay_start = max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+        if step < decay_start:
+            return lr
+        p = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        return lr - (lr - min_lr) * p
+    p = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return lr - (lr - min_lr) * p
+    if schedule == "cosine":
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * p)) * (lr - min_lr)
+    raise AssertionError(f"unknown schedule {schedule}")  # TrainConfig validates the name
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
