@@ -1,0 +1,135 @@
+"""Each sampling filter on hand-made logits, against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scratchlm.errors import ConfigError
+from scratchlm.generate.config import SampleConfig
+from scratchlm.generate.sampling import (
+    RowSettings,
+    apply_frequency_presence_penalty,
+    apply_repetition_penalty,
+    apply_temperature,
+    draw,
+    logprobs_of,
+    min_p_filter,
+    next_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+INF = float("inf")
+
+
+def _logits_for(probs: list[float]) -> torch.Tensor:
+    return torch.tensor([probs]).log()
+
+
+def test_top_k_keeps_the_k_largest_per_row() -> None:
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0], [9.0, 0.0, 1.0, 2.0]])
+    out = top_k_filter(logits, 2)
+    assert out.tolist() == [[-INF, 5.0, -INF, 4.0], [9.0, -INF, -INF, 2.0]]
+    # per-row k, and 0 = keep all
+    out = top_k_filter(logits, torch.tensor([1, 0]))
+    assert out.tolist() == [[-INF, 5.0, -INF, -INF], [9.0, 0.0, 1.0, 2.0]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    logits = _logits_for([0.1, 0.5, 0.3, 0.1])  # sorted: 0.5, 0.3, 0.1, 0.1
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()  # noqa: E731
+    assert kept(0.5) == [False, True, False, False]  # 0.5 alone reaches 0.5
+    assert kept(0.6) == [False, True, True, False]  # 0.5 < 0.6 <= 0.8
+    assert kept(0.8) == [False, True, True, False]  # exactly 0.8: no third token needed
+    assert kept(0.81)[1:3] == [True, True] and sum(kept(0.81)) == 3  # one of the 0.1s joins
+    assert kept(0.01) == [False, True, False, False]  # the top token is always kept
+    assert kept(1.0) == [True, True, True, True]
+
+
+def test_top_p_per_row() -> None:
+    logits = torch.cat([_logits_for([0.6, 0.3, 0.1]), _logits_for([0.6, 0.3, 0.1])])
+    out = top_p_filter(logits, torch.tensor([0.5, 0.95]))
+    assert torch.isfinite(out).tolist() == [[True, False, False], [True, True, True]]
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_best() -> None:
+    logits = _logits_for([0.5, 0.3, 0.15, 0.05])
+    out = min_p_filter(logits, 0.2)  # threshold 0.1
+    assert torch.isfinite(out)[0].tolist() == [True, True, True, False]
+    out = min_p_filter(logits, 0.7)  # threshold 0.35
+    assert torch.isfinite(out)[0].tolist() == [True, False, False, False]
+    assert torch.equal(min_p_filter(logits, 0.0), logits)
+
+
+def test_temperature_scales_and_leaves_greedy_rows_alone() -> None:
+    logits = torch.tensor([[2.0, -4.0], [2.0, -4.0]])
+    assert apply_temperature(logits, torch.tensor([0.5, 0.0])).tolist() == [[4.0, -8.0], [2.0, -4.0]]
+
+
+def test_repetition_penalty_divides_positive_multiplies_negative() -> None:
+    logits = torch.tensor([[2.0, -1.0, 3.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -2.0, 3.0]]
+
+
+def test_frequency_and_presence_penalties() -> None:
+    logits = torch.tensor([[1.0, 1.0, 1.0]])
+    counts = torch.tensor([[0, 1, 3]])
+    out = apply_frequency_presence_penalty(logits, counts, frequency=0.5, presence=0.25)
+    assert out.tolist() == [[1.0, 1.0 - 0.5 - 0.25, 1.0 - 1.5 - 0.25]]
+
+
+def test_draw_follows_the_distribution_and_the_seed() -> None:
+    logits = _logits_for([0.7, 0.2, 0.1]).expand(4000, 3)
+    g = torch.Generator().manual_seed(0)
+    ids = draw(logits, [g] * 4000)
+    freq = torch.bincount(ids, minlength=3).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
+    a = draw(logits[:50], [torch.Generator().manual_seed(i) for i in range(50)])
+    b = draw(logits[:50], [torch.Generator().manual_seed(i) for i in range(50)])
+    assert torch.equal(a, b)
+
+
+def test_filtered_tokens_are_never_drawn() -> None:
+    logits = _logits_for([0.4, 0.3, 0.2, 0.1]).expand(500, 4)
+    g = torch.Generator().manual_seed(1)
+    ids = draw(top_k_filter(logits, 2), [g] * 500)
+    assert set(ids.tolist()) == {0, 1}
+
+
+def test_logprobs_of_chosen_and_top() -> None:
+    logits = _logits_for([0.5, 0.25, 0.25])
+    chosen, top_v, top_i = logprobs_of(logits, torch.tensor([1]), top_n=2)
+    assert chosen.item() == pytest.approx(math.log(0.25))
+    assert top_v[0].tolist() == pytest.approx([math.log(0.5), math.log(0.25)])
+    assert top_i[0, 0].item() == 0
+
+
+def test_next_token_mixes_greedy_and_sampled_rows() -> None:
+    cfgs = [SampleConfig(temperature=0.0), SampleConfig(temperature=1.0, top_k=1)]
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
+    gens = [None, torch.Generator().manual_seed(0)]
+    ids = next_token(logits, RowSettings.stack(cfgs), gens)
+    assert ids.tolist() == [1, 0]
+
+
+def test_next_token_applies_penalties_before_greedy() -> None:
+    logits = torch.tensor([[3.0, 2.5, 0.0]])
+    seen = torch.tensor([[True, False, False]])
+    cfg = SampleConfig(temperature=0.0, repetition_penalty=2.0)
+    assert next_token(logits, RowSettings.stack([cfg]), [None], seen=seen).tolist() == [1]
+    cfg = SampleConfig(temperature=0.0, presence_penalty=1.0)
+    counts = torch.tensor([[1, 0, 0]])
+    assert next_token(logits, RowSettings.stack([cfg]), [None], counts=counts).tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"min_p": 2}, {"n": 0}, {"max_new_tokens": -1}],
+)
+def test_sample_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        SampleConfig(**kwargs)
