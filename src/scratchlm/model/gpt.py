@@ -1,0 +1,167 @@
+"""`GPT`: the decoder-only Transformer, GPT-2 or Llama depending on its `ModelConfig`.
+
+    ids (B, T)
+      -> token embedding (+ learned position embedding, GPT-2)          x: (B, T, C)
+      -> n_layer x Block:  x = x + attn(norm1(x))   (RoPE inside attention, Llama)
+                           x = x + mlp(norm2(x))
+      -> final norm                                                     hidden_states: (B, T, C)
+      -> lm_head (tied to the token embedding or not)                   logits: (B, T, V)
+
+Decisions:
+- Variant choices (norm, MLP, positions, attention kernel) are made once in `__init__`.
+- All initialisation lives in `init_weights()`, because a model may be built on the meta device (checkpoint
+  loading) and then filled, so `__init__` must not rely on its tensors' values.
+- `forward` returns logits only; losses belong to the training modes.
+- A `KVCache` is an argument, not a second model: `forward(ids, cache, positions)` serves training, prefill,
+  incremental and batched decoding (see `kv_cache.py` for the position rule).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from scratchlm.model.attention import CausalSelfAttention, Rope
+from scratchlm.model.config import ModelConfig
+from scratchlm.model.kv_cache import KVCache
+from scratchlm.model.layers import make_mlp, make_norm, rope_cos_sin, rope_inv_freq
+
+RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.norm2 = make_norm(config)
+        self.mlp = make_mlp(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask, cache, positions)
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        # GPT-2 learns one vector per absolute position; Llama rotates q/k inside attention instead (RoPE).
+        self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.positions == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.embed = self._embed_learned if config.positions == "learned" else self._embed_rope
+        self.tie_weights()
+        self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Share the token embedding with the output head (GPT-2, Llama-3.2-1B): one V x C matrix, used twice.
+
+        Call again after replacing parameters (e.g. `load_state_dict(assign=True)`), which breaks the sharing.
+        """
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 initialisation, in one place.
+
+        | parameters                                    | init                              |
+        |-----------------------------------------------|-----------------------------------|
+        | embeddings, linear weights (head included)    | normal(0, 0.02)                   |
+        | o_proj / fc_out / down_proj weights           | normal(0, 0.02 / sqrt(2*n_layer)) |
+        | biases                                        | 0                                 |
+        | norm weights / biases                         | 1 / 0                             |
+
+        The residual projections are scaled down because each block adds two of them to the residual stream:
+        without it the stream's variance grows with depth.
+        """
+        std = 0.02
+        resid_std = std / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_resid = name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS
+                nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        self.tie_weights()  # the head was drawn above; with tied weights it must be the embedding again
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, V). See `hidden_states` for `cache` and `positions`."""
+        return self.lm_head(self.hidden_states(ids, cache, positions))
+
+    def hidden_states(
+        self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ids (B, T) -> final-norm hidden states (B, T, C).
+
+        `positions` (B, T) are the tokens' absolute positions (default 0..T-1 in every row). With a `cache`, keys
+        and values are written at those positions and each query attends to cache slots <= its own position.
+        """
+        B, T = ids.shape
+        mask = None  # None: plain causal attention over the T tokens (training's fast path)
+        if positions is None:
+            positions = torch.arange(T, device=ids.device).expand(B, T)
+            if cache is not None:
+                mask = _slot_mask(positions)
+        else:
+            mask = _slot_mask(positions) if cache is not None else _position_mask(positions)
+        x, rope = self.embed(ids, positions)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache, positions)
+        return self.norm(x)
+
+    def _embed_learned(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Rope]:
+        assert self.pos_emb is not None
+        return self.drop(self.tok_emb(ids) + self.pos_emb(positions)), None  # (B, T, C)
+
+    def _embed_rope(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Rope]:
+        x = self.drop(self.tok_emb(ids))  # (B, T, C)
+        # inv_freq is a few dozen numbers: computed per forward, so there is no buffer to materialise after a
+        # meta-device build and nothing positional to store in a checkpoint.
+        inv_freq = rope_inv_freq(self.config, device=ids.device)
+        return x, rope_cos_sin(inv_freq, positions, x.dtype)
+
+    # ---- sizes ----------------------------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); `non_embedding` leaves out the token and position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
+        return n
+
+
+def _position_mask(positions: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T): query i may see token j iff position[j] <= position[i] (no cache)."""
+    return (positions[:, None, :] <= positions[:, :, None])[:, None]
+
+
+def _slot_mask(positions: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, S): query i may see cache slot s iff s <= position[i]; S = the furthest position + 1."""
+    S = int(positions.max()) + 1
+    slots = torch.arange(S, device=positions.device)
+    return (slots <= positions[:, :, None])[:, None]
