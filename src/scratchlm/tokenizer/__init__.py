@@ -48,7 +48,9 @@ def _gpt2() -> BPETokenizer:
 
     encoder, vocab = assets.fetch("gpt2-encoder"), assets.fetch("gpt2-vocab")
     data, specials = _gpt2_data(str(encoder), str(vocab), (encoder.stat().st_mtime, vocab.stat().st_mtime))
-    return BPETokenizer(data, dict(specials), GPT2_PATTERN, name="gpt2")  # a fresh object: callers may add specials
+    return BPETokenizer(
+        data, dict(specials), GPT2_PATTERN, name="gpt2"
+    )  # a fresh object: callers may add specials
 
 
 def load(name_or_path: str | os.PathLike[str]) -> Tokenizer:

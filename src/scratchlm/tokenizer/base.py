@@ -69,7 +69,10 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode(
-        self, text: str, allowed_special: AllowedSpecial = "none_raise", disallowed_special: AllowedSpecial = "all"
+        self,
+        text: str,
+        allowed_special: AllowedSpecial = "none_raise",
+        disallowed_special: AllowedSpecial = "all",
     ) -> list[int]:
         """Encode with tiktoken's special-token rules (see `patterns.resolve_specials`).
 
@@ -129,7 +132,9 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON form atomically (a temp file renamed into place)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", what="tokenizer file")
+        atomic_write_text(
+            path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", what="tokenizer file"
+        )
 
     def identity(self) -> str:
         """A stable hash of the JSON form: equal identities mean equal ids for every text."""

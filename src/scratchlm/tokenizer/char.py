@@ -12,6 +12,7 @@ from typing import Any
 
 from scratchlm.errors import ScratchlmError
 from scratchlm.tokenizer.base import Tokenizer
+from scratchlm.tokenizer.patterns import special_regex
 
 
 class CharTokenizer(Tokenizer):
@@ -19,9 +20,13 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars: list[str], special_tokens: dict[str, int] | None = None, name: str | None = None):
+    def __init__(
+        self, chars: list[str], special_tokens: dict[str, int] | None = None, name: str | None = None
+    ):
         if any(not isinstance(c, str) or len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
-            raise ScratchlmError("a char tokenizer's vocabulary must be distinct single characters; re-create it")
+            raise ScratchlmError(
+                "a char tokenizer's vocabulary must be distinct single characters; re-create it"
+            )
         super().__init__(len(chars), special_tokens)
         self.chars = list(chars)
         self.name = name
@@ -30,10 +35,13 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts: Iterable[str], special_tokens: list[str] | None = None) -> CharTokenizer:
-        """The sorted set of characters in `texts`, then the special tokens."""
+        """The sorted set of characters in `texts`, then the special tokens (nanoGPT's `prepare.py`)."""
+        specials = list(special_tokens or [])
+        cut = special_regex(specials).split if specials else None
         chars: set[str] = set()
-        for text in texts:
-            chars.update(text)
+        for text in texts:  # a special token's characters are not ordinary vocabulary
+            for piece in cut(text) if cut else (text,):
+                chars.update(piece)
         tok = cls(sorted(chars))
         tok.add_special_tokens(list(special_tokens or []))
         return tok
@@ -64,4 +72,6 @@ class CharTokenizer(Tokenizer):
         }
 
     def to_tiktoken(self, name: str | None = None) -> Any:
-        raise ScratchlmError("a char tokenizer cannot be exported to tiktoken (tiktoken is byte-level BPE only)")
+        raise ScratchlmError(
+            "a char tokenizer cannot be exported to tiktoken (tiktoken is byte-level BPE only)"
+        )

@@ -33,7 +33,7 @@ def from_dict(d: dict[str, Any], where: str = "tokenizer data") -> Tokenizer:
     """Rebuild a tokenizer from its `to_dict()` form; every problem is a one-line ScratchlmError naming `where`."""
     fix = "re-create it with `scratchlm tokenizer train` or save it again"
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ScratchlmError(f"{where} is not a scratchlm tokenizer (no \"format\": {FORMAT!r}); {fix}")
+        raise ScratchlmError(f'{where} is not a scratchlm tokenizer (no "format": {FORMAT!r}); {fix}')
     version = d.get("format_version")
     if version != FORMAT_VERSION:
         raise ScratchlmError(
@@ -42,14 +42,14 @@ def from_dict(d: dict[str, Any], where: str = "tokenizer data") -> Tokenizer:
         )
     kind, vocab, specials = d.get("type"), d.get("vocab"), d.get("special_tokens", {})
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
-        raise ScratchlmError(f"{where} is corrupt: \"vocab\" must be a list of strings; {fix}")
+        raise ScratchlmError(f'{where} is corrupt: "vocab" must be a list of strings; {fix}')
     if not isinstance(specials, dict):
-        raise ScratchlmError(f"{where} is corrupt: \"special_tokens\" must be an object; {fix}")
+        raise ScratchlmError(f'{where} is corrupt: "special_tokens" must be an object; {fix}')
     try:
         if kind == "bpe":
             pattern = d.get("pattern")
             if not isinstance(pattern, str):
-                raise ScratchlmError("\"pattern\" must be a string")
+                raise ScratchlmError('"pattern" must be a string')
             try:
                 tokens = [from_unicode(t) for t in vocab]
             except KeyError as e:
@@ -75,7 +75,9 @@ def read_json(path: str | os.PathLike[str]) -> Tokenizer:
             "(made by `scratchlm tokenizer train`)"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ScratchlmError(f"cannot read tokenizer file {path} ({e}); check the path and its permissions") from None
+        raise ScratchlmError(
+            f"cannot read tokenizer file {path} ({e}); check the path and its permissions"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -100,7 +102,9 @@ def read_gpt2_files(
         encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
         lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
-        raise ScratchlmError(f"{e.filename} does not exist; fetch it with `scratchlm fetch gpt2-encoder gpt2-vocab`") from None
+        raise ScratchlmError(
+            f"{e.filename} does not exist; fetch it with `scratchlm fetch gpt2-encoder gpt2-vocab`"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ScratchlmError(f"cannot read {where} ({e}); fetch them again with `scratchlm fetch`") from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
@@ -112,7 +116,9 @@ def read_gpt2_files(
             continue
         parts = line.split(" ")
         if len(parts) != 2 or parts[0] not in encoder or parts[1] not in encoder:
-            raise ScratchlmError(f"{where}: line {n + 1} of the merges is not a pair of known tokens; fetch them again")
+            raise ScratchlmError(
+                f"{where}: line {n + 1} of the merges is not a pair of known tokens; fetch them again"
+            )
         merged = parts[0] + parts[1]
         idx = encoder.get(merged)
         if idx is None or idx <= last:
@@ -123,7 +129,9 @@ def read_gpt2_files(
         regular.add(merged)
     missing = regular - encoder.keys()
     if missing:
-        raise ScratchlmError(f"{where}: {len(missing)} byte tokens are missing from encoder.json; fetch it again")
+        raise ScratchlmError(
+            f"{where}: {len(missing)} byte tokens are missing from encoder.json; fetch it again"
+        )
     n_regular = len(regular)
     if sorted(encoder[t] for t in regular) != list(range(n_regular)):
         raise ScratchlmError(f"{where}: the regular token ids are not 0..{n_regular - 1}; fetch them again")

@@ -21,9 +21,7 @@ import regex
 from scratchlm.errors import ScratchlmError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
+GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 
 PATTERNS: dict[str, str] = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
@@ -47,6 +45,14 @@ def pattern_name(pattern: str) -> str:
 
 
 AllowedSpecial = str | Collection[str]
+
+
+class DisallowedSpecialError(ScratchlmError, ValueError):
+    """A special token appeared in text where it is not allowed (tiktoken raises a ValueError here too)."""
+
+    def __init__(self, message: str, token: str) -> None:
+        super().__init__(message)
+        self.token = token
 
 
 def resolve_specials(
@@ -75,7 +81,9 @@ def resolve_specials(
     if disallowed_special == "all":
         disallowed = specials - allowed
     elif isinstance(disallowed_special, str):
-        raise ScratchlmError(f"disallowed_special={disallowed_special!r} is not understood; use 'all' or a set of tokens")
+        raise ScratchlmError(
+            f"disallowed_special={disallowed_special!r} is not understood; use 'all' or a set of tokens"
+        )
     else:
         disallowed = set(disallowed_special)
     return allowed, disallowed
@@ -93,10 +101,11 @@ def check_disallowed(text: str, disallowed: Collection[str]) -> None:
     match = special_regex(disallowed).search(text)
     if match:
         tok = match.group()
-        raise ScratchlmError(
+        raise DisallowedSpecialError(
             f"the text contains the special token {tok!r}, which is not allowed here; pass "
             f"allowed_special={{{tok!r}}} (or 'all') to encode it as a special token, or disallowed_special=() "
-            "to encode it as plain text"
+            "to encode it as plain text",
+            tok,
         )
 
 
