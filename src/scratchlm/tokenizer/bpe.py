@@ -109,14 +109,18 @@ class BPETokenizer(Tokenizer):
         get = cache.get
         ids: list[int] = []
         extend = ids.extend
-        for chunk in self._findall(text):
-            chunk_ids = get(chunk)
-            if chunk_ids is None:
-                chunk_ids = self._encode_chunk(chunk)
-                if len(cache) >= self.CACHE_SIZE:
-                    cache.clear()
-                cache[chunk] = chunk_ids
-            extend(chunk_ids)
+        try:
+            for chunk in self._findall(text):
+                chunk_ids = get(chunk)
+                if chunk_ids is None:
+                    chunk_ids = self._encode_chunk(chunk)
+                    if len(cache) >= self.CACHE_SIZE:
+                        cache.clear()
+                    cache[chunk] = chunk_ids
+                extend(chunk_ids)
+        except UnicodeEncodeError:
+            # A lone surrogate has no UTF-8 form. tiktoken's rule: pair up what pairs, the rest becomes U+FFFD.
+            return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         return ids
 
     def _encode_chunk(self, chunk: str) -> list[int]:
