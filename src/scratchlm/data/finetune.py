@@ -17,9 +17,11 @@ Decisions:
   union over ranks equals what one process would draw (docs/contracts.md).
 - Length grouping sorts examples by length inside windows of 64 micro-batches, then shuffles the micro-batches:
   batches of similar lengths waste little padding, and the order stays random.
-- Packing concatenates examples into rows of `context_length`; positions restart at 0 for each example and the
-  target across a boundary is ignored. Attention is still causal over the whole row (the model has no
-  block-diagonal mask), as in most packed-SFT setups: an example may attend to earlier examples in its row.
+- Packing concatenates examples into rows of `context_length` and ignores the target across each boundary.
+  Attention stays plainly causal over the row with positions 0..T-1, as in pretraining: an example may attend
+  to earlier examples in its row, never to later ones. (Restarting positions per example would need a
+  block-diagonal mask; the model's `positions` mask is built for right-padded prompts and would let a token
+  see later examples, so packed batches do not pass positions.)
 
 Knows nothing of models: ids, masks and tensors only.
 """
@@ -249,7 +251,7 @@ def _shift(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
 
 
 def collate_sft(examples: Sequence[Mapping[str, list[int]]], pad_id: int, pad_to: int | None = None) -> Batch:
-    """Right-padded {"ids", "targets"} (B, T); padding's targets are IGNORE. Packed rows also carry positions."""
+    """Right-padded {"ids", "targets"} (B, T); padding's targets are IGNORE."""
     pairs = [_shift(ex["ids"], ex["mask"]) for ex in examples]
     T = max(max(len(x) for x, _ in pairs), pad_to or 0)
     ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)  # (B, T)
@@ -257,32 +259,23 @@ def collate_sft(examples: Sequence[Mapping[str, list[int]]], pad_id: int, pad_to
     for row, (x, y) in enumerate(pairs):
         ids[row, : len(x)] = torch.tensor(x)
         targets[row, : len(y)] = torch.tensor(y)
-    batch = {"ids": ids, "targets": targets}
-    if "positions" in examples[0]:
-        positions = torch.zeros((len(pairs), T), dtype=torch.long)
-        for row, ex in enumerate(examples):
-            p = ex["positions"][:-1]
-            positions[row, : len(p)] = torch.tensor(p)
-        batch["positions"] = positions
-    return batch
+    return {"ids": ids, "targets": targets}
 
 
 def pack_examples(examples: Sequence[Mapping[str, list[int]]], context_length: int) -> list[dict[str, list[int]]]:
     """Greedily concatenate examples (in the given order) into rows of at most context_length + 1 tokens.
 
-    In each row, positions restart at 0 per example and the first token of each example gets mask 0, so
-    nothing is learned across a boundary (the loss mask shifts by one: see `_shift`).
+    The first token of each example gets mask 0, so nothing is learned across a boundary (the loss mask
+    shifts by one: see `_shift`).
     """
     rows: list[dict[str, list[int]]] = []
-    cur: dict[str, list[int]] = {"ids": [], "mask": [], "positions": []}
+    cur: dict[str, list[int]] = {"ids": [], "mask": []}
     for ex in examples:
-        n = len(ex["ids"])
-        if cur["ids"] and len(cur["ids"]) + n > context_length + 1:
+        if cur["ids"] and len(cur["ids"]) + len(ex["ids"]) > context_length + 1:
             rows.append(cur)
-            cur = {"ids": [], "mask": [], "positions": []}
+            cur = {"ids": [], "mask": []}
         cur["ids"] += ex["ids"]
         cur["mask"] += [0] + list(ex["mask"][1:])  # never predict an example's first token from the previous one
-        cur["positions"] += list(range(n))
     if cur["ids"]:
         rows.append(cur)
     return rows
