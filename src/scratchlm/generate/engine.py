@@ -1,0 +1,324 @@
+"""The decoding engine: token ids in, token ids out, many sequences at once over one KV cache.
+
+    waiting queue --admit--> slots (rows of one KVCache) --finish--> slot free again
+                                 |
+                    step(): 1. prefill the newly admitted sequences (right-padded, one forward) -> 1st token
+                            2. decode every running sequence by one token (one forward of (B, 1))
+                               (so a newly admitted sequence gets two tokens in its first step)
+
+This is continuous batching: a sequence joins at the next step after a slot frees up and leaves as soon as it
+finishes, so a short request never waits for a long one. A static batch (`generate_ids`) is the special case
+where everything is admitted at step one.
+
+Decisions:
+- Positions, not padding tricks. `GPT.forward(ids, cache, positions)` writes each token's keys/values at its
+  absolute position in its row, and a query sees only slots <= its position (see `model/kv_cache.py`). Prompts
+  of different lengths are right-padded: the padding is written into slots beyond a row's prompt and is
+  overwritten by that row's own tokens before anything attends to it. No left padding, no position offsets.
+- A new sequence is prefilled in a small cache of its own (batched with the others admitted in the same step)
+  and its keys/values are copied into its slot, so prefill costs (n_new, L) tokens, not (all slots, L).
+- Decoding runs on rows 0..hi-1 only (hi = 1 + the highest busy slot; new sequences take the lowest free slot),
+  so a lightly loaded engine does not pay for its empty slots.
+- One `torch.Generator` per sequence, seeded from `SampleConfig.seed` (+ i for the i-th of n samples): the same
+  seed gives the same tokens however the sequence is batched with others.
+- The engine knows nothing of text. Stop strings are found by the caller (`TextStream`), which then calls
+  `finish(seq, "stop")` before the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scratchlm.errors import ScratchlmError
+from scratchlm.generate.config import SampleConfig
+from scratchlm.generate.sampling import RowSettings, logprobs_of, next_token
+from scratchlm.model.kv_cache import KVCache
+
+_GREEDY = SampleConfig(temperature=0.0)
+_ids = itertools.count()
+
+
+@dataclass
+class TokenLogprob:
+    """The chosen token's log-probability and the best alternatives, as (token id, logprob) pairs."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(eq=False)
+class GenSequence:
+    """One sample being generated: its prompt, settings, and what it has produced so far."""
+
+    prompt: list[int]
+    config: SampleConfig
+    stop_ids: frozenset[int] = frozenset()
+    seed: int | None = None
+    """Overrides `config.seed` (the i-th of n samples uses seed + i)."""
+    output: list[int] = field(default_factory=list)
+    """Generated ids; a stop token that ended the sequence is not included."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    """None while running; "stop" (stop token or string), "length" (max_new_tokens or context full), "cancelled"."""
+    id: int = field(default_factory=lambda: next(_ids))
+    slot: int | None = None
+    generator: torch.Generator | None = None
+    _read: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def new_tokens(self) -> list[int]:
+        """Tokens produced since the last call (for streaming consumers)."""
+        out = self.output[self._read :]
+        self._read = len(self.output)
+        return out
+
+
+class Engine:
+    """Continuous batching over `slots` rows of one KVCache. Use `add` + `step`, or `run` for a static batch."""
+
+    def __init__(self, model: nn.Module, slots: int = 8, max_len: int | None = None) -> None:
+        self.model = model
+        self.max_len = min(max_len or model.config.context_length, model.config.context_length)
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+        self.cache = KVCache.for_model(model, slots, self.max_len)
+        self.rows: list[GenSequence | None] = [None] * slots
+        self.waiting: deque[GenSequence] = deque()
+        self._settings_key: tuple[int, ...] = ()
+        self._settings: RowSettings | None = None
+        self._seen: Tensor | None = None  # (slots, V) bool, prompt + output tokens, for the repetition penalty
+        self._counts: Tensor | None = None  # (slots, V) int, output tokens, for frequency/presence penalties
+
+    # ---- queue ----------------------------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return len(self.rows)
+
+    @property
+    def running(self) -> list[GenSequence]:
+        return [s for s in self.rows if s is not None]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(s is not None for s in self.rows)
+
+    def add(self, seq: GenSequence) -> GenSequence:
+        """Queue a sequence; it is prefilled at the next `step` that finds a free slot."""
+        self.check_prompt(len(seq.prompt))
+        seed = seq.seed if seq.seed is not None else seq.config.seed
+        if seq.config.temperature > 0:
+            seq.generator = torch.Generator(device=self.device)
+            seq.generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+        if seq.config.max_new_tokens == 0:
+            seq.finish_reason = "length"
+            return seq
+        self.waiting.append(seq)
+        return seq
+
+    def check_prompt(self, n_tokens: int) -> None:
+        if n_tokens == 0:
+            raise ScratchlmError("the prompt is empty; give at least one token")
+        if n_tokens > self.max_len:
+            raise ScratchlmError(
+                f"the prompt is {n_tokens} tokens but the model's context is {self.max_len}; shorten the prompt"
+            )
+
+    def finish(self, seq: GenSequence, reason: str) -> None:
+        """End a sequence now (a stop string was found, the client left): its slot is free for the next step."""
+        if seq.finish_reason is None:
+            seq.finish_reason = reason
+        if seq.slot is not None:
+            self.rows[seq.slot] = None
+            seq.slot = None
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    # ---- the step -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[GenSequence]:
+        """Admit waiting sequences into free slots (prefill), then decode every running one by one token.
+
+        Returns the sequences that changed (new tokens and/or finished) in this step.
+        """
+        changed: dict[int, GenSequence] = {}
+        admitted = self._admit()
+        if admitted:
+            logits = self._prefill(admitted)  # (n, V)
+            for seq in self._sample([s.slot for s in admitted], logits):
+                changed[seq.id] = seq
+        # Everyone running decodes, the newly prefilled included (their slot must not get a dummy token).
+        decoding = [s for s in self.rows if s is not None]
+        if decoding:
+            hi = max(s.slot for s in decoding) + 1
+            ids = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
+            positions = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
+            for s in decoding:
+                ids[s.slot, 0] = s.output[-1]
+                positions[s.slot, 0] = len(s.prompt) + len(s.output) - 1
+            # Free rows below hi decode a dummy token at position 0 of their own row: harmless, the next
+            # sequence to take that slot prefills over it.
+            logits = self.model(ids, cache=self._rows_view(hi), positions=positions)[:, -1]  # (hi, V)
+            slots = [s.slot for s in decoding]
+            for seq in self._sample(slots, logits[slots]):
+                changed[seq.id] = seq
+        return list(changed.values())
+
+    def _admit(self) -> list[GenSequence]:
+        admitted = []
+        for slot in range(self.slots):
+            if not self.waiting:
+                break
+            if self.rows[slot] is None:
+                seq = self.waiting.popleft()
+                seq.slot = slot
+                self.rows[slot] = seq
+                admitted.append(seq)
+        return admitted
+
+    def _prefill(self, seqs: list[GenSequence]) -> Tensor:
+        """Run the prompts right-padded in one forward on a cache of their own, copy it into their slots."""
+        lengths = [len(s.prompt) for s in seqs]
+        L = max(lengths)
+        ids = torch.zeros(len(seqs), L, dtype=torch.long, device=self.device)  # (n, L), right-padded with 0s
+        for i, s in enumerate(seqs):
+            ids[i, : lengths[i]] = torch.tensor(s.prompt, device=self.device)
+        positions = torch.arange(L, device=self.device).expand(len(seqs), L)
+        small = KVCache.for_model(self.model, len(seqs), L, dtype=self.cache.k.dtype)
+        logits = self.model(ids, cache=small, positions=positions)  # (n, L, V)
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
+        self.cache.k[:, slots, :, :L] = small.k
+        self.cache.v[:, slots, :, :L] = small.v
+        if self._seen is not None:
+            self._reset_penalty_rows(seqs)
+        last = torch.tensor(lengths, device=self.device) - 1
+        return logits[torch.arange(len(seqs), device=self.device), last]  # (n, V)
+
+    def _rows_view(self, hi: int) -> KVCache:
+        """The cache restricted to rows 0..hi-1: a view, so the forward writes straight into the big cache."""
+        if hi == self.slots:
+            return self.cache
+        view = copy.copy(self.cache)
+        view.k, view.v, view.batch_size = self.cache.k[:, :hi], self.cache.v[:, :hi], hi
+        return view
+
+    def _row_settings(self, seqs: list[GenSequence]) -> RowSettings:
+        key = tuple(s.id for s in seqs)
+        if key != self._settings_key or self._settings is None:
+            self._settings = RowSettings.stack([s.config for s in seqs], device=self.device)
+            self._settings_key = key
+        return self._settings
+
+    def _penalty_state(self, seqs: list[GenSequence]) -> tuple[Tensor | None, Tensor | None]:
+        uses = any(
+            s.config.repetition_penalty != 1 or s.config.frequency_penalty or s.config.presence_penalty for s in seqs
+        )
+        if not uses:
+            return None, None
+        if self._seen is None:  # first request that needs them: start tracking every running row
+            self._seen = torch.zeros(self.slots, self.vocab_size, dtype=torch.bool, device=self.device)
+            self._counts = torch.zeros(self.slots, self.vocab_size, dtype=torch.int32, device=self.device)
+            self._reset_penalty_rows(self.running)
+        slots = [s.slot for s in seqs]
+        return self._seen[slots], self._counts[slots]
+
+    def _reset_penalty_rows(self, seqs: list[GenSequence]) -> None:
+        assert self._seen is not None and self._counts is not None
+        for s in seqs:
+            self._seen[s.slot] = False
+            self._counts[s.slot] = 0
+            self._seen[s.slot, torch.tensor(s.prompt + s.output, dtype=torch.long)] = True
+            if s.output:
+                self._counts[s.slot].index_add_(
+                    0, torch.tensor(s.output), torch.ones(len(s.output), dtype=torch.int32)
+                )
+
+    def _sample(self, slots: list[int], logits: Tensor) -> list[GenSequence]:
+        """Pick one token for each sequence in `slots` from its (V,) row of `logits`, then apply stop rules."""
+        seqs = [self.rows[i] for i in slots]
+        assert all(s is not None for s in seqs)
+        logits = logits.float()
+        seen, counts = self._penalty_state(seqs)
+        settings = self._row_settings(seqs)
+        ids = next_token(logits, settings, [s.generator for s in seqs], seen=seen, counts=counts)
+        want_lp = [s.config.logprobs is not None for s in seqs]
+        if any(want_lp):
+            top_n = max(s.config.logprobs or 0 for s in seqs)
+            chosen, top_v, top_i = logprobs_of(logits, ids, top_n)
+        id_list = ids.tolist()
+        for i, seq in enumerate(seqs):
+            tok = id_list[i]
+            if tok in seq.stop_ids:
+                self.finish(seq, "stop")
+                continue
+            seq.output.append(tok)
+            if want_lp[i]:
+                k = seq.config.logprobs or 0
+                top = list(zip(top_i[i, :k].tolist(), top_v[i, :k].tolist()))
+                seq.logprobs.append(TokenLogprob(float(chosen[i]), top))
+            if self._seen is not None:
+                self._seen[seq.slot, tok] = True
+                self._counts[seq.slot, tok] += 1
+            if len(seq.output) >= seq.config.max_new_tokens:
+                self.finish(seq, "length")
+            elif len(seq.prompt) + len(seq.output) >= self.max_len:
+                # The next token would sit at position max_len: past the context (and the cache).
+                self.finish(seq, "length")
+        return seqs
+
+    # ---- static batches ---------------------------------------------------------------------------------------
+    def run(self, seqs: Sequence[GenSequence]) -> Iterator[list[GenSequence]]:
+        """Add `seqs` and step until all are done; yields the changed sequences after every step."""
+        for s in seqs:
+            self.add(s)
+        while self.has_work():
+            yield self.step()
+
+
+def make_sequences(
+    prompts: Sequence[list[int]], config: SampleConfig, stop_ids: Sequence[int] = ()
+) -> list[list[GenSequence]]:
+    """`config.n` sequences per prompt; the i-th sample of each prompt uses seed + i (when a seed is set)."""
+    stops = frozenset(stop_ids) | frozenset(config.stop_ids)
+    return [
+        [
+            GenSequence(list(p), config, stops, seed=None if config.seed is None else config.seed + i)
+            for i in range(config.n)
+        ]
+        for p in prompts
+    ]
+
+
+def generate_ids(
+    model: nn.Module,
+    prompts: Sequence[list[int]],
+    config: SampleConfig = _GREEDY,
+    stop_ids: Sequence[int] = (),
+    slots: int | None = None,
+) -> list[list[GenSequence]]:
+    """Generate for a batch of prompts (any lengths): for each prompt, its `config.n` finished sequences.
+
+    With `slots` >= the number of sequences (the default), it is one static batch: all prompts are prefilled
+    together, right-padded, and decoded together.
+    """
+    groups = make_sequences(prompts, config, stop_ids)
+    flat = [s for g in groups for s in g]
+    engine = Engine(model, slots=slots or max(1, len(flat)))
+    for _ in engine.run(flat):
+        pass
+    return groups
+
+
+def model_info(model: Any) -> dict[str, int]:
+    """The few model facts the text layer and the server need."""
+    return {"context_length": model.config.context_length, "vocab_size": model.config.vocab_size}
