@@ -87,14 +87,21 @@ def window_batch(ids: Sequence[int], windows: Sequence[Window]) -> tuple[torch.T
     return inputs, targets
 
 
-def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of the negative log-likelihoods of the scored targets, in float32.
+def logits_at(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) of the positions where `keep` (B, T) is true.
 
-    Only the scored rows of the (B*T, V) logits are gathered and upcast, so a bf16 model never spends memory on a
-    float32 copy of the positions that are thrown away.
+    A `GPT` exposes `hidden_states` and `lm_head`: the output head (V x C, the largest matmul of a small model)
+    then runs only on the positions that are scored, which with stride = context/2 is half of them. Any other
+    module (a test fake, a wrapped model) goes through `forward`.
     """
-    keep = targets != IGNORE_INDEX  # (B, T)
-    return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+    if hasattr(model, "hidden_states") and isinstance(getattr(model, "lm_head", None), nn.Module):
+        return model.lm_head(model.hidden_states(ids)[keep])  # (N, C) -> (N, V)
+    return model(ids)[keep]  # (B, T, V) -> (N, V)
+
+
+def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of the negative log-likelihoods of `targets` (N,) under `logits` (N, V), computed in float32."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[None]:
@@ -217,9 +224,10 @@ def perplexity_of_ids(
         for batch in _batches(windows, batch_size):
             inputs, targets = window_batch(ids, batch)
             inputs, targets = inputs.to(device), targets.to(device)
+            keep = targets != IGNORE_INDEX  # (B, T)
             with autocast_for(device, dtype):
-                logits = model(inputs)  # (B, T, V)
-            nll += summed_nll(logits, targets).double()
+                logits = logits_at(model, inputs, keep)  # (N, V)
+            nll += summed_nll(logits, targets[keep]).double()
             bar.update(len(batch))
     finally:
         bar.close()
