@@ -92,10 +92,11 @@ class Mode(abc.ABC):
         path: Path,
         tokenizer: Any,
         extra: dict[str, Any],
-        train_state: dict[str, Any] | None,
+        train_state: Any,
     ) -> None:
         """Write one checkpoint folder at `path` (atomically). Default: the whole module via checkpoint.save.
 
+        `train_state` is a `scratchlm.checkpoint.TrainState`; pass it on to `checkpoint.save` unchanged.
         `module` is unwrapped (no DDP/compile prefixes). Adapter-only modes override this to save less, and
         must then override `load_weights` to match.
         """

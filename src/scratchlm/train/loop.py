@@ -1,0 +1,619 @@
+"""The one training loop: accumulate, clip, guard, step, evaluate, checkpoint, resume. Every mode runs through it.
+
+    for each optimizer step:
+        lr = lr_at(step) * lr_scale
+        for each of `accum` micro-batches:           (DDP syncs gradients on the last one only)
+            loss, metrics = mode.loss(module, batch)  (under autocast for bf16/fp16)
+            (loss / accum).backward()                 (through the fp16 grad scaler when on)
+        unscale, clip the global grad norm
+        spike guard on (loss, grad norm):  ok -> optimizer.step()   skip -> no update   rollback -> last checkpoint
+        log / eval / sample / save on their intervals; stop on max steps, tokens, minutes or a signal
+
+What it deliberately does not know: argv (the CLI builds the `TrainConfig`), how batches or losses are made
+(the mode), how weights are laid out on disk (`scratchlm.checkpoint` through the mode).
+
+Exact resume: a checkpoint holds everything the next step depends on: weights, AdamW moments, the step (the LR is
+a pure function of it and `lr_scale`), every rank's RNG states and loader cursor, the spike guard's window, the
+grad scaler and the metrics so far. Restoring them makes N + resume + N steps bitwise equal to 2N straight steps
+on CPU (same thread count), which `tests/train/test_resume.py` checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import random
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.dataclass_io import to_dict
+from scratchlm.errors import ScratchlmError
+from scratchlm.fs import atomic_write_text, ensure_writable_dir
+from scratchlm.train import distributed as D
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.guard import OK, ROLLBACK, SpikeGuard
+from scratchlm.train.modes.base import Batch, Mode
+from scratchlm.train.optim import build_optimizer, lr_at, set_lr
+from scratchlm.train.plots import plot_loss
+from scratchlm.train.progress import Bar, ExternalLoggers, MetricsLog, flops_per_token, peak_flops
+
+STEP_PREFIX = "step_"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reached."""
+
+    step: int
+    tokens: int
+    stopped: str
+    """max_steps, max_tokens, max_minutes, SIGINT or SIGTERM."""
+    checkpoint: Path | None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- reproducibility ----------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device): call before building the model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": _b64(torch.get_rng_state()), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], np_state[1].tolist(), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+# ---- run folder -------------------------------------------------------------------------------------------------
+
+
+def step_dirs(out: Path) -> list[Path]:
+    """Complete step folders of a run, oldest first (`*.tmp` folders are unfinished and never listed)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and p.name[5:].isdigit())
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    """The step folder to resume from: `auto` = the run folder's newest checkpoint (or none: start fresh)."""
+    from scratchlm import checkpoint
+
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        if not (cfg.out / checkpoint.LATEST_FILE).is_file():
+            return None
+        path = checkpoint.resolve(cfg.out)
+    else:
+        path = checkpoint.resolve(cfg.resume)
+    if not (path / checkpoint.TRAIN_STATE_DIR / "state.json").is_file():
+        raise ScratchlmError(
+            f"--resume {path}: this checkpoint has no train_state/ (weights only); to train further from it, "
+            "start a new run that loads it as its initial weights"
+        )
+    return path
+
+
+def _check_resume_compatible(path: Path, model_config: dict[str, Any] | None, tokenizer: Any) -> None:
+    """A checkpoint made for another model or tokenizer cannot be resumed here: one line naming the difference."""
+    from scratchlm import checkpoint
+    from scratchlm import tokenizer as tokenizers
+
+    config = checkpoint.load_config(path)
+    if model_config is not None and config["model"] != model_config:
+        theirs = config["model"]
+        diff = [k for k in sorted(set(theirs) | set(model_config)) if theirs.get(k) != model_config.get(k)]
+        shown = ", ".join(f"{k}={theirs.get(k)!r} there vs {model_config.get(k)!r} here" for k in diff[:3])
+        raise ScratchlmError(
+            f"--resume {path}: the checkpoint is for another model config ({shown}); "
+            "resume with the same model settings or choose a new --out"
+        )
+    tok_file = path / checkpoint.TOKENIZER_FILE
+    if tokenizer is not None and tok_file.is_file():
+        if tokenizers.load(tok_file).identity() != tokenizer.identity():
+            raise ScratchlmError(
+                f"--resume {path}: the checkpoint was trained with another tokenizer than this run's data; "
+                "resume on the same data or choose a new --out"
+            )
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------------
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the current step and returns.
+    A second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        main_thread = hasattr(signal, "SIGTERM")
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread (e.g. a notebook's worker): no handlers, Ctrl-C just raises
+            main_thread = False
+        try:
+            yield self
+        finally:
+            if main_thread:
+                for s, old in self._old.items():
+                    signal.signal(s, old)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ScratchlmError("--precision fp16 needs a GPU (the grad scaler is CUDA-only); use bf16 or fp32 on CPU")
+    return precision
+
+
+def gradient_accumulation(cfg: TrainConfig, context_length: int, world_size: int) -> int:
+    """Micro-batches per rank per optimizer step, from the global batch in tokens; a remainder is an error."""
+    per_pass = cfg.micro_batch_size * context_length * world_size
+    if cfg.global_batch_tokens is None:
+        return 1
+    if cfg.global_batch_tokens % per_pass:
+        raise ScratchlmError(
+            f"--micro-batch-size {cfg.micro_batch_size} x context {context_length} x {world_size} process(es) "
+            f"= {per_pass} tokens does not divide --global-batch-tokens {cfg.global_batch_tokens}; "
+            f"choose a global batch that is a multiple of {per_pass}"
+        )
+    return cfg.global_batch_tokens // per_pass
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _scalar(x: Any) -> float:
+    return float(x.detach().float().item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class Trainer:
+    """One run's state and the steps that change it; `train()` below is the public entry."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        mode: Mode,
+        model: nn.Module,
+        tokenizer: Any,
+        extra: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg, self.mode, self.tokenizer = cfg, mode, tokenizer
+        self.extra = dict(extra or {})
+        self.info = D.init_distributed(cfg.device)
+        self.device = self.info.device
+        self.main = self.info.is_main
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.out = Path(cfg.out)
+
+        self.resume_from = resolve_resume(cfg)
+        if self.resume_from is None and step_dirs(self.out):
+            raise ScratchlmError(
+                f"run folder {self.out} already has checkpoints ({step_dirs(self.out)[-1].name}); "
+                "pass --resume auto to continue it, or choose another --out"
+            )
+        if self.main:
+            ensure_writable_dir(self.out, "run")
+
+        # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device
+        self.module = mode.setup(model, tokenizer).to(self.device)
+        base_config = getattr(model, "config", None)
+        self.model_config = to_dict(base_config) if base_config is not None else None
+        self.accum = gradient_accumulation(cfg, mode.context_length, self.info.world_size)
+        self.tokens_per_step = cfg.micro_batch_size * mode.context_length * self.accum * self.info.world_size
+        self.total_steps = cfg.max_steps
+        if self.total_steps is None and cfg.max_tokens is not None:
+            self.total_steps = math.ceil(cfg.max_tokens / self.tokens_per_step)
+
+        self.optimizer = build_optimizer(
+            self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type
+        )
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience)
+        self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
+
+        self.step = 0
+        self.tokens = 0
+        self.lr_scale = 1.0
+        self.last_checkpoint: Path | None = None
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.main)
+        # different ranks draw different dropout masks; rank 0 keeps the plain seed (1 process == rank 0)
+        torch.manual_seed(cfg.seed + self.info.rank)
+        if self.resume_from is not None:
+            self._check_and_load(self.resume_from, restore_stream=True)
+        else:
+            self.metrics.reset([])
+        if self.main and run_config is not None:
+            import yaml
+
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False), "run config")
+
+        self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing)
+        n_params = sum(p.numel() for p in self.module.parameters())
+        self.flops_per_token = None
+        if base_config is not None:
+            self.flops_per_token = flops_per_token(
+                n_params, base_config.n_layer, base_config.d_model, mode.context_length
+            )
+        self.peak = peak_flops(self.device, self.precision)
+        self.n_params = n_params
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+
+    def _check_and_load(self, path: Path, restore_stream: bool) -> None:
+        """Load weights + training state from a step folder (resume, or a spike rollback without the stream)."""
+        from scratchlm import checkpoint
+
+        _check_resume_compatible(path, self.model_config, self.tokenizer)
+        self.mode.load_weights(self.module, path)
+        ts = checkpoint.load_train_state(path)
+        assert ts is not None, f"{path} has no train_state"
+        state = ts.to_nested()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens, self.lr_scale = state["step"], state["tokens"], state["lr_scale"]
+        self.guard.load_state_dict(state["guard"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.last_checkpoint = path
+        if restore_stream:
+            rank = self.info.rank if len(state["ranks"]) == self.info.world_size else 0
+            if len(state["ranks"]) != self.info.world_size:
+                D.print0(f"note: resuming {len(state['ranks'])}-process state on {self.info.world_size}; "
+                         "data order continues from rank 0's cursor")
+            self.stream.load_state_dict(state["ranks"][rank]["loader"])
+            _set_rng_state(state["ranks"][rank]["rng"])
+            self.metrics.reset(state["history"])
+
+    def save(self) -> Path | None:
+        """Write step_NNNNNN/ (weights via the mode, training state), point `latest` at it, prune old ones.
+
+        Every rank must call this (it gathers per-rank RNG and loader state); only rank 0 writes.
+        """
+        from scratchlm import checkpoint
+
+        ranks = D.gather_object({"rng": _rng_state(), "loader": self.stream.state_dict()})
+        if not self.main:
+            D.barrier()
+            return None
+        finite = all(bool(torch.isfinite(p).all()) for p in self.module.parameters())
+        if not finite:  # the guard should make this impossible; never write a poisoned checkpoint
+            self._event("checkpoint_refused", "non-finite weights")
+            D.barrier()
+            return None
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "lr_scale": self.lr_scale,
+            "optimizer": self.optimizer.state_dict(),
+            "guard": self.guard.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ranks": ranks,
+            "history": self.metrics.records,
+            "world_size": self.info.world_size,
+        }
+        extra = {"train": to_dict(self.cfg), "train_mode": self.mode.name, **self.mode.checkpoint_extra()}
+        extra.update(self.extra)
+        path = self.out / f"{STEP_PREFIX}{self.step:06d}"
+        train_state = checkpoint.TrainState.from_nested(state)
+        self.mode.save_weights(self.module, path, self.tokenizer, extra, train_state)
+        checkpoint.mark_latest(path)
+        self.last_checkpoint = path
+        if self.cfg.keep_last:
+            for old in step_dirs(self.out)[: -self.cfg.keep_last]:
+                if old != path:
+                    shutil.rmtree(old, ignore_errors=True)
+        D.barrier()
+        return path
+
+    # ---- evaluation and samples -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and perplexity (and periodic eval tasks) on rank 0 with the unwrapped module."""
+        results: dict[str, float] = {}
+        batches = self.mode.val_batches(self.cfg.micro_batch_size)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            if batches is not None:
+                total, n = 0.0, 0
+                for i, batch in enumerate(batches):
+                    if self.cfg.eval_batches and i >= self.cfg.eval_batches:
+                        break
+                    with _autocast(self.device, self.precision):
+                        loss, _ = self.mode.loss(self.module, _to_device(batch, self.device))
+                    total += _scalar(loss)
+                    n += 1
+                if n:
+                    results["val_loss"] = total / n
+                    results["val_ppl"] = math.exp(min(results["val_loss"], 50.0))
+            if self.cfg.eval_tasks:
+                from scratchlm.eval.periodic import evaluate_tasks
+
+                results.update(evaluate_tasks(self.module, self.tokenizer, list(self.cfg.eval_tasks), self.device))
+        finally:
+            self.module.train(was_training)
+        return results
+
+    def sample(self) -> str:
+        """A few lines from `sample_prompt`, without touching the training RNG streams."""
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                return sample_text(
+                    self.module, self.tokenizer, self.cfg.sample_prompt, self.cfg.sample_tokens, self.cfg.seed
+                )
+        finally:
+            self.module.train(was_training)
+
+    def _event(self, event: str, detail: str) -> None:
+        if self.main:
+            self.metrics.append({"kind": "event", "step": self.step, "event": event, "detail": detail})
+            self.bar.write(f"step {self.step}: {event}: {detail}")
+
+    # ---- the step -------------------------------------------------------------------------------------------
+
+    def train_step(self) -> tuple[float, float, dict[str, float], str, str]:
+        """One optimizer step over `accum` micro-batches; returns (loss, grad norm, metrics, verdict, reason)."""
+        cfg = self.cfg
+        lr = lr_at(
+            self.step,
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=self.total_steps,
+            schedule=cfg.schedule,
+            decay_fraction=cfg.decay_fraction,
+        ) * self.lr_scale
+        set_lr(self.optimizer, lr)
+        self.lr = lr
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, Any] = {}
+        tokens = 0
+        for micro in range(self.accum):
+            batch = _to_device(next(self.stream), self.device)
+            D.set_grad_sync(self.wrapped, micro == self.accum - 1)
+            with _autocast(self.device, self.precision):
+                loss, metrics = self.mode.loss(self.wrapped, batch)
+            self.scaler.scale(loss / self.accum).backward()
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else v)
+            tokens += self.mode.tokens_in(batch)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        # one small all-reduce per step: mean loss over ranks, and whether any rank got a signal / ran out of time
+        flags = [float(self.stopper.signal is not None), float(self._out_of_time())]
+        stats = D.all_reduce_mean(torch.stack([loss_sum / self.accum, *map(loss_sum.new_tensor, flags)]))
+        loss_v, signal_v, time_v = stats.tolist()
+        self.stop_signal, self.stop_time = signal_v > 0, time_v > 0
+        norm_v = float(grad_norm.item())
+        self.tokens += tokens * self.info.world_size
+
+        verdict, reason = OK, ""
+        if self.scaler.is_enabled() and not math.isfinite(norm_v):
+            verdict, reason = "overflow", "fp16 gradient overflow (the grad scaler lowers its scale)"
+        else:
+            verdict, reason = self.guard.check(self.step, loss_v, norm_v)
+        if verdict == OK:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        metric_avgs = {k: _scalar(v) / self.accum for k, v in metric_sums.items()}
+        return loss_v, norm_v, metric_avgs, verdict, reason
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.max_minutes is not None and time.perf_counter() - self.t_start >= 60.0 * self.cfg.max_minutes
+
+    def _rollback(self, reason: str) -> None:
+        """Repeated spikes: back to the last good checkpoint's weights, AdamW moments, step and guard, with a
+        lower LR. The data stream is not rewound, so the batches that caused the spikes are not replayed."""
+        new_scale = self.lr_scale * self.cfg.spike_lr_factor
+        target = self.last_checkpoint
+        if target is not None:
+            records = self.metrics.records
+            self._check_and_load(target, restore_stream=False)
+            self.metrics.records = records  # the event history stays, including what happened after `target`
+        self.lr_scale = new_scale
+        where = f"back to {target.name}" if target is not None else "no checkpoint yet to go back to"
+        self._event("spike_rollback", f"{reason}; {where}, LR scale -> {self.lr_scale:g}")
+
+    def _done(self) -> str | None:
+        """Why the run stops now, or None. Signals and the time budget are agreed over ranks in train_step."""
+        cfg = self.cfg
+        if self.stop_signal:
+            return self.stopper.signal or "SIGTERM"
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_tokens is not None and self.tokens >= cfg.max_tokens:
+            return "max_tokens"
+        if self.stop_time:
+            return "max_minutes"
+        return None
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.stopper = _Stop()
+        self.stop_signal = self.stop_time = False
+        self.bar = Bar(self.total_steps, self.step, enabled=self.main and cfg.progress)
+        loggers = ExternalLoggers(self.out, cfg.tensorboard, cfg.wandb, to_dict(cfg), enabled=self.main)
+        D.print0(
+            f"training {self.mode.name}: {self.n_params / 1e6:.2f}M parameters on {self.device} "
+            f"({self.info.world_size} process(es), {self.precision}), {self.accum} accumulation step(s), "
+            f"{self.tokens_per_step:,} tokens/step, run folder {self.out}"
+            + (f", resumed from {self.resume_from.name} at step {self.step}" if self.resume_from else "")
+        )
+        self.module.train()
+        self.t_start = time.perf_counter()
+        t_log, tokens_log, step_log = self.t_start, self.tokens, self.step
+        last_loss: float | None = None
+        last_eval: dict[str, float] = {}
+        stopped: str | None = None
+        evaluated_at = saved_at = -1
+        try:
+            with self.stopper.installed():
+                while (stopped := self._done()) is None:
+                    loss_v, norm_v, extra_metrics, verdict, reason = self.train_step()
+                    if verdict == ROLLBACK:
+                        self._rollback(reason)
+                        continue
+                    if verdict != OK:
+                        self._event("spike_skip" if verdict != "overflow" else "overflow", reason)
+                    else:
+                        last_loss = loss_v
+                    step = self.step
+                    if step % cfg.log_every == 0 and self.main:
+                        now = time.perf_counter()
+                        tok_s = (self.tokens - tokens_log) / max(now - t_log, 1e-9)
+                        record: dict[str, Any] = {
+                            "kind": "train", "step": step, "loss": loss_v, "lr": self.lr,
+                            "grad_norm": norm_v, "tokens": self.tokens, "tokens_per_s": tok_s,
+                        }
+                        record.update(extra_metrics)
+                        postfix = {"loss": f"{loss_v:.4f}", "lr": f"{self.lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+                        if self.peak and self.flops_per_token:
+                            record["mfu"] = self.flops_per_token * tok_s / (self.peak * self.info.world_size)
+                            postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
+                        record["elapsed_s"] = now - self.t_start
+                        self.metrics.append(record)
+                        loggers.log(step, record)
+                        self.bar.update(step - step_log, postfix)
+                        t_log, tokens_log, step_log = now, self.tokens, step
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        last_eval = self._eval_and_log(step, loggers)
+                        evaluated_at = step
+                    if cfg.sample_every and step % cfg.sample_every == 0 and self.main:
+                        self._sample_and_log(step)
+                    if cfg.save_every and step % cfg.save_every == 0:
+                        self.save()
+                        saved_at = step
+            if evaluated_at != self.step and stopped not in ("SIGINT", "SIGTERM"):
+                last_eval = self._eval_and_log(self.step, loggers)
+            if saved_at != self.step:
+                self.save()
+        finally:
+            self.bar.update(self.step - step_log)
+            self.bar.close()
+            loggers.close()
+        D.print0(
+            f"stopped at step {self.step} ({stopped}); "
+            + (f"val loss {last_eval['val_loss']:.4f}; " if "val_loss" in last_eval else "")
+            + f"checkpoint {self.last_checkpoint}"
+        )
+        return TrainResult(
+            step=self.step,
+            tokens=self.tokens,
+            stopped=stopped or "max_steps",
+            checkpoint=self.last_checkpoint,
+            train_loss=last_loss,
+            val_loss=last_eval.get("val_loss"),
+            records=list(self.metrics.records),
+        )
+
+    def _eval_and_log(self, step: int, loggers: ExternalLoggers) -> dict[str, float]:
+        if not self.main:
+            return {}
+        results = self.evaluate()
+        if results:
+            record = {"kind": "eval", "step": step, **results}
+            self.metrics.append(record)
+            loggers.log(step, record)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+            self.bar.write(f"step {step}: {shown}")
+            plot_loss(self.metrics.records, self.out / "loss.png")
+        return results
+
+    def _sample_and_log(self, step: int) -> None:
+        text = self.sample()
+        self.metrics.append({"kind": "sample", "step": step, "prompt": self.cfg.sample_prompt, "text": text})
+        self.bar.write(f"step {step} sample:\n{self.cfg.sample_prompt}{text}\n")
+
+
+def train(
+    cfg: TrainConfig,
+    mode: Mode,
+    model: nn.Module,
+    tokenizer: Any,
+    extra: dict[str, Any] | None = None,
+    run_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` with `mode`'s data and loss under `cfg`; see the module docstring.
+
+    `extra`: more config.json sections for every checkpoint. `run_config`: the resolved command config, written
+    to `<out>/config.yaml` so the run can be repeated with `--config`.
+    """
+    try:
+        return Trainer(cfg, mode, model, tokenizer, extra, run_config).run()
+    finally:
+        D.shutdown_distributed()
+
+
+# ---- samples ------------------------------------------------------------------------------------------------
+
+
+def sample_text(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, seed: int) -> str:
+    """Continue `prompt` with `scratchlm.generate.generate` (temperature 0.8, top-k 200)."""
+    from scratchlm.generate import generate
+
+    return generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=200, seed=seed)

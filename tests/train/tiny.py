@@ -1,0 +1,92 @@
+"""A tiny, self-contained training setup for the loop's tests: random tokens, a 2-layer GPT, a mode whose data
+position is one integer and whose loss can be poisoned at chosen steps (spike-guard tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.tokenizer import CharTokenizer
+from scratchlm.train.modes.base import Batch, Mode
+
+VOCAB = "abcdefghijklmnopqrstuvwxyz .,;!\n"  # 32 characters
+T = 16
+
+
+def tiny_config(dropout: float = 0.1) -> ModelConfig:
+    return ModelConfig(vocab_size=32, context_length=T, n_layer=2, n_head=2, d_model=32, d_ff=64, dropout=dropout)
+
+
+def tiny_model(seed: int = 0, dropout: float = 0.1) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny_config(dropout))
+
+
+def tokenizer() -> CharTokenizer:
+    return CharTokenizer(list(VOCAB))
+
+
+class Stream:
+    """Micro-batch k of the whole run is a pure function of (seed, k); rank r draws k = i * world + r."""
+
+    def __init__(self, b: int, seed: int, rank: int, world: int, split: str = "train") -> None:
+        self.b, self.seed, self.rank, self.world, self.i = b, seed, rank, world, 0
+        self.offset = 0 if split == "train" else 10**6
+
+    def batch(self, k: int) -> Batch:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.offset + k)
+        # a learnable signal: each row repeats a short random pattern
+        period = torch.randint(2, 5, (self.b, 1), generator=g)
+        base = torch.randint(0, 32, (self.b, 5), generator=g)
+        pos = torch.arange(T + 1)[None, :] % period
+        seq = torch.gather(base, 1, pos)
+        return {"ids": seq[:, :-1], "targets": seq[:, 1:]}
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Batch:
+        k = self.i * self.world + self.rank
+        self.i += 1
+        return self.batch(k)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.i = state["i"]
+
+
+class TinyMode(Mode):
+    name = "tiny"
+
+    def __init__(self, poison: dict[int, float] | None = None, accum: int = 1) -> None:
+        self.poison = poison or {}  # optimizer step -> factor on the loss and its gradients (nan allowed)
+        self.accum = accum
+        self.calls = 0
+
+    @property
+    def context_length(self) -> int:
+        return T
+
+    def train_batches(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> Stream:
+        return Stream(micro_batch_size, seed, rank, world_size)
+
+    def val_batches(self, micro_batch_size: int) -> Iterable[Batch]:
+        s = Stream(micro_batch_size, 0, 0, 1, split="val")
+        return [s.batch(k) for k in range(2)]
+
+    def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        logits = module(batch["ids"])
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
+        if module.training:
+            step = self.calls // self.accum
+            self.calls += 1
+            if step in self.poison:
+                loss = loss * self.poison[step]  # a spike in the loss and in the gradient norm
+        return loss, {}
