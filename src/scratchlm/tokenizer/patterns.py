@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterator
 
 import regex
 
-from scratchlm.errors import ScratchlmError
+from scratchlm.errors import ConfigError, ScratchlmError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -33,7 +33,7 @@ def resolve_pattern(name_or_regex: str) -> str:
     try:
         regex.compile(name_or_regex)
     except regex.error as e:
-        raise ScratchlmError(
+        raise ConfigError(
             f"split pattern {name_or_regex!r} is neither gpt2/gpt4 nor a valid regex ({e}); use --pattern gpt2 or gpt4"
         ) from None
     return name_or_regex
