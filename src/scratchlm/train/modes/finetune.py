@@ -40,27 +40,32 @@ HEAD_FILE = "classifier.safetensors"
 
 
 def resize_vocab(model: GPT, vocab_size: int) -> bool:
-    """Grow the token embedding (and an untied head) to `vocab_size` rows; new rows = the mean of the old ones.
+    """Grow the token embedding (and an untied head) to `vocab_size` rows, for new special tokens.
 
-    The mean is deterministic (so an adapter-only checkpoint can rebuild it from the base) and gives new
-    special tokens a neutral start. Returns whether anything changed.
+    New rows = the mean of the old rows plus a little noise of the rows' own scale (as HF's resize does), from a
+    FIXED generator: deterministic, so an adapter-only checkpoint rebuilds them exactly from the base, and
+    distinct, so that even with frozen embeddings (LoRA) the model can learn to tell the new tokens apart and to
+    emit the right one. Returns whether anything changed.
     """
     old = model.tok_emb.weight
     V, C = old.shape
     if vocab_size <= V:
         return False
+
+    def grown(weight: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(V)
+        noise = torch.randn(vocab_size - V, C, generator=g) * weight.float().std(0).cpu() * 0.5  # (V_new, C)
+        new_rows = weight.float().mean(0).cpu() + noise
+        return torch.cat([weight, new_rows.to(weight.device, weight.dtype)])  # (vocab_size, C)
+
     with torch.no_grad():
-        emb = nn.Embedding(vocab_size, C, device=old.device, dtype=old.dtype)
-        emb.weight[:V] = old
-        emb.weight[V:] = old.mean(0)
-        emb.weight.requires_grad_(old.requires_grad)
+        emb = nn.Embedding(vocab_size, C, device="meta")
+        emb.weight = nn.Parameter(grown(old), requires_grad=old.requires_grad)
         model.tok_emb = emb
         if not model.config.tie_embeddings:
             head_old = model.lm_head.weight
-            head = nn.Linear(C, vocab_size, bias=False, device=head_old.device, dtype=head_old.dtype)
-            head.weight[:V] = head_old
-            head.weight[V:] = head_old.mean(0)
-            head.weight.requires_grad_(head_old.requires_grad)
+            head = nn.Linear(C, vocab_size, bias=False, device="meta")
+            head.weight = nn.Parameter(grown(head_old), requires_grad=head_old.requires_grad)
             model.lm_head = head
         else:
             model.lm_head = nn.Linear(C, vocab_size, bias=False, device="meta")  # replaced by the tie below
