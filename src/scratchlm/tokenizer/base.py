@@ -132,9 +132,13 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON form atomically (a temp file renamed into place)."""
-        atomic_write_text(
-            path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", what="tokenizer file"
-        )
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+        try:
+            atomic_write_text(path, text, what="tokenizer file")
+        except OSError as e:  # e.g. the path is a folder; the temp file is already removed
+            raise ScratchlmError(
+                f"cannot write tokenizer file {path} ({e.strerror or e}); choose a writable file path"
+            ) from None
 
     def identity(self) -> str:
         """A stable hash of the JSON form: equal identities mean equal ids for every text."""
