@@ -82,43 +82,46 @@ WORDS = ["cat", "dog", "owl", "emu", "yak", "eel", "ant", "bee"]
 
 
 def _synthetic_task(n: int, seed: int) -> list[MCItem]:
-    """'kNN:' -> a fixed word; the other choices are three other words."""
+    """'key c:' -> a fixed word (the key's letter decides it); the other choices are three other words."""
     rng = random.Random(seed)
     items = []
     for i in range(n):
         right = WORDS[i % len(WORDS)]
         choices = [right] + rng.sample([w for w in WORDS if w != right], 3)
         rng.shuffle(choices)
-        items.append(MCItem(f"k{i:02d}:", tuple(choices), choices.index(right)))
+        items.append(MCItem(f"key {chr(ord('a') + i)}:", tuple(choices), choices.index(right)))
     return items
 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[GPT, CharTokenizer, list[MCItem]]:
     """A 2-layer, width-32 GPT trained with plain AdamW on the task's text until it knows every answer."""
-    items = _synthetic_task(24, seed=0)
+    items = _synthetic_task(20, seed=0)
     docs = [it.context + " " + it.right_choice() for it in items]
     tok = CharTokenizer.train(docs + ["\n"])
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=32, n_layer=2, n_head=2, d_model=32))
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=48, n_layer=2, n_head=2, d_model=32))
+    steps = 400  # 300 reach 100% for seeds 0-3; 400 for a margin
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)  # linear to 0: settles the answers
     gen = torch.Generator().manual_seed(0)
-    for _ in range(400):  # 100% from about step 250 on this seed
-        # 8 rows of 3 random documents joined as few-shot prompts join them: 28 tokens each
+    for _ in range(steps):
+        # 8 rows of 3 random documents joined as few-shot prompts join them: 34 tokens each
         rows = [torch.randperm(len(docs), generator=gen)[:3].tolist() for _ in range(8)]
-        ids = torch.tensor([tok.encode_ordinary("\n\n".join(docs[i] for i in row)) for row in rows])  # (8, 28)
+        ids = torch.tensor([tok.encode_ordinary("\n\n".join(docs[i] for i in row)) for row in rows])  # (8, 34)
         logits = model(ids[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
+        decay.step()
     return model, tok, items
 
 
 def test_trained_model_scores_100_percent(trained) -> None:
     model, tok, items = trained
     zero = evaluate_mc(model, tok, items, shots=0)
-    assert (zero.acc, zero.acc_norm, zero.n) == (1.0, 1.0, 24)
+    assert (zero.acc, zero.acc_norm, zero.n) == (1.0, 1.0, 20)
     two = evaluate_mc(model, tok, items, shots=2, seed=3, batch_size=5)
     assert (two.acc, two.acc_norm) == (1.0, 1.0)
 
