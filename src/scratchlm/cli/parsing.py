@@ -25,13 +25,20 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def parse(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
-    """Parse `argv` into an instance of the dataclass `cls` (see the module docstring)."""
+def parse(
+    cls: type[T], argv: Sequence[str], prog: str, description: str | None = None, base: dict | None = None
+) -> T:
+    """Parse `argv` into an instance of the dataclass `cls` (see the module docstring).
+
+    `base`: field values applied first (e.g. a preset); the --config file and then the flags override them.
+    """
     argv = list(argv)
     default: T | None = None
     config_path = _pop_option(argv, "--config")
     if config_path is not None:
-        default = load_yaml_config(cls, Path(config_path))
+        default = load_yaml_config(cls, Path(config_path), base)
+    elif base is not None:
+        default = from_dict(cls, base, where="preset")
     argv = _normalise_bools(argv, _bool_flags(cls))
     doc = (description or (cls.__doc__ or "")).strip()
     doc += "\n--config FILE.yaml loads these settings from a file; flags given after it override the file."
@@ -45,14 +52,24 @@ def parse(cls: type[T], argv: Sequence[str], prog: str, description: str | None 
     )
 
 
-def load_yaml_config(cls: type[T], path: Path) -> T:
+def load_yaml_config(cls: type[T], path: Path, base: dict | None = None) -> T:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ScratchlmError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
     except yaml.YAMLError as e:
         raise ScratchlmError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
-    return from_dict(cls, data, where=str(path))
+    if not isinstance(data, dict):
+        raise ScratchlmError(f"config file {path} is not a YAML mapping of settings; fix the file")
+    return from_dict(cls, _merge(base or {}, data), where=str(path))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursing into nested mappings (`model: {n_layer: 6}` keeps other model keys)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _pop_option(argv: list[str], name: str) -> str | None:
