@@ -78,6 +78,11 @@ class GenSequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def n_read(self) -> int:
+        """How many output tokens `new_tokens` has handed out so far."""
+        return self._read
+
     def new_tokens(self) -> list[int]:
         """Tokens produced since the last call (for streaming consumers)."""
         out = self.output[self._read :]

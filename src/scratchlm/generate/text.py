@@ -65,7 +65,7 @@ def complete(
     with _eval_mode(model):
         for changed in engine.run(flat):
             for seq in changed:
-                _feed(engine, seq, streams[seq.id])
+                feed_text(engine, seq, streams[seq.id])
     return [[_completion(s, streams[s.id]) for s in g] for g in groups]
 
 
@@ -100,7 +100,7 @@ def stream_completion(
     engine = Engine(model, slots=1)
     with _eval_mode(model):
         for _ in engine.run([seq]):
-            yield _feed(engine, seq, text), None
+            yield feed_text(engine, seq, text), None
     yield "", _completion(seq, text)
 
 
@@ -118,8 +118,12 @@ def generate(
     return complete(model, tokenizer, [prompt], cfg)[0][0].text
 
 
-def _feed(engine: Engine, seq: GenSequence, text: TextStream) -> str:
-    """Push the sequence's new tokens into its TextStream; end it at a stop string; return the new text."""
+def feed_text(engine: Engine, seq: GenSequence, text: TextStream) -> str:
+    """Push the sequence's new tokens into its TextStream; end it at a stop string; return the new text.
+
+    Call it after every `engine.step()` for each changed sequence (before the next step, so a stop string
+    ends the sequence at once).
+    """
     piece = ""
     new = seq.new_tokens()
     for i, tok in enumerate(new):

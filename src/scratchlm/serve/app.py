@@ -1,0 +1,434 @@
+"""The OpenAI-compatible HTTP server (FastAPI): `/v1/models`, `/v1/completions`, `/v1/chat/completions`,
+`/health`, and the web chat page at `/`.
+
+    create_app(model, tokenizer, ...) -> FastAPI      # what `scratchlm serve` runs under uvicorn
+    BackgroundServer(app)                              # the same app in a thread on a free loopback port
+
+Decisions:
+- Handlers never run the model: they validate, encode the prompt, and hand a `Job` to the one decoding thread
+  (`worker.py`), then wait on the job's events. Concurrent requests therefore share batched decoding steps.
+- Every error is OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with the matching
+  status: 400 bad request (malformed JSON, bad values, prompt longer than the context), 401 wrong API key,
+  404 unknown model or route, 429 queue full. FastAPI's own 422 validation answers are turned into 400.
+- Streams are server-sent events, one JSON chunk per `data:` line, ending in `data: [DONE]`. A client that
+  disconnects mid-stream has its sequences cancelled, freeing their slots.
+- Same seed, same text: request `seed` s seeds choice i with s + i, exactly as `scratchlm generate --seed s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from torch import nn
+
+from scratchlm.errors import ScratchlmError
+from scratchlm.generate.chat import chat_prompt
+from scratchlm.generate.config import SampleConfig
+from scratchlm.generate.engine import Engine, TokenLogprob, make_sequences
+from scratchlm.generate.text import encode_prompt
+from scratchlm.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
+from scratchlm.serve.worker import EngineWorker, Job, Piece, QueueFull
+from scratchlm.tokenizer.chat import ChatTemplate
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-style JSON with `status`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code)
+
+
+@dataclass
+class ServerState:
+    model_name: str
+    tokenizer: Any
+    template: ChatTemplate
+    worker: EngineWorker
+    context_length: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def create_app(
+    model: nn.Module,
+    tokenizer: Any,
+    model_name: str = "scratchlm",
+    chat_template: ChatTemplate | None = None,
+    api_key: str | None = None,
+    slots: int = 8,
+    max_waiting: int = 64,
+) -> FastAPI:
+    """The server for one model. `slots`: sequences decoded together; `max_waiting`: queue bound (then 429)."""
+    model.eval()
+    engine = Engine(model, slots=slots)
+    state = ServerState(
+        model_name=model_name,
+        tokenizer=tokenizer,
+        template=chat_template or ChatTemplate.from_config(None),
+        worker=EngineWorker(engine, tokenizer, max_waiting=max_waiting),
+        context_length=engine.max_len,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.worker.start()
+        yield
+        state.worker.stop()
+
+    app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.scratchlm = state
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        w = state.worker
+        return {"status": "ok", "model": state.model_name, "slots": w.engine.slots, "running": w.running(),
+                "waiting": w.waiting(), "steps": w.steps}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((resources.files("scratchlm.serve") / "static" / "index.html").read_text("utf-8"))
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(state)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        _check_model(state, model_id)
+        return _model_card(state)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        _check_model(state, req.model)
+        prompts = _prompt_ids(state, req.prompt)
+        max_new = _max_new(state, req.max_tokens, prompts)
+        cfg = req.sample_config(max_new, logprobs=req.logprobs)
+        job = _submit(state, prompts, cfg, stop_ids=[] if state.tokenizer.eot_id is None else [state.tokenizer.eot_id])
+        echo = [state.tokenizer.decode(p) if req.echo else "" for p in prompts for _ in range(cfg.n)]
+        meta = _meta("cmpl", req.model, "text_completion")
+        usage_prompt = sum(len(p) for p in prompts)
+        if req.stream:
+            return _sse(state, job, _completion_chunks(state, job, meta, echo, req, usage_prompt))
+        results = await _collect(state, job)
+        choices = []
+        for i, r in enumerate(results):
+            lp = _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i])) if req.logprobs is not None else None
+            choices.append({"text": echo[i] + r.text, "index": i, "logprobs": lp, "finish_reason": r.finish_reason})
+        return {**meta, "choices": choices, "usage": _usage(usage_prompt, results)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest) -> Any:
+        _check_model(state, req.model)
+        try:
+            prompt = chat_prompt(state.template, state.tokenizer, [m.as_dict() for m in req.messages])
+        except ScratchlmError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        _check_length(state, [prompt.ids], param="messages")
+        max_new = _max_new(state, req.max_new(), [prompt.ids])
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        cfg = req.sample_config(max_new, logprobs=top)
+        cfg.stop = prompt.stop_strings + cfg.stop
+        job = _submit(state, [prompt.ids], cfg, stop_ids=prompt.stop_ids)
+        meta = _meta("chatcmpl", req.model, "chat.completion")
+        if req.stream:
+            return _sse(state, job, _chat_chunks(state, job, meta, req, len(prompt.ids)))
+        results = await _collect(state, job)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": _chat_logprobs(state.tokenizer, r.ids, r.logprobs) if req.logprobs else None,
+                "finish_reason": r.finish_reason,
+            }
+            for i, r in enumerate(results)
+        ]
+        return {**meta, "choices": choices, "usage": _usage(len(prompt.ids), results)}
+
+    return app
+
+
+# ---- request handling ------------------------------------------------------------------------------------------
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "scratchlm",
+            "context_length": state.context_length}
+
+
+def _check_model(state: ServerState, name: str) -> None:
+    if name != state.model_name:
+        raise ApiError(404, f"The model {name!r} does not exist; this server serves {state.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def _prompt_ids(state: ServerState, prompt: Any) -> list[list[int]]:
+    """OpenAI's four prompt forms: a string, strings, token ids, lists of token ids."""
+    if isinstance(prompt, str):
+        prompts = [encode_prompt(state.tokenizer, prompt)]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    else:
+        prompts = [encode_prompt(state.tokenizer, p) if isinstance(p, str) else list(p) for p in prompt]
+    if not prompts or any(not p for p in prompts):
+        raise ApiError(400, "prompt is empty; give a string or a non-empty list of token ids", param="prompt")
+    V = state.tokenizer.vocab_size
+    if any(not 0 <= t < V for p in prompts for t in p):
+        raise ApiError(400, f"prompt has token ids outside 0..{V - 1}", param="prompt")
+    _check_length(state, prompts, param="prompt")
+    return prompts
+
+
+def _check_length(state: ServerState, prompts: list[list[int]], param: str) -> None:
+    longest = max(len(p) for p in prompts)
+    if longest > state.context_length:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {state.context_length} tokens, however you requested "
+            f"{longest} tokens in the prompt; shorten the prompt",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _max_new(state: ServerState, max_tokens: int | None, prompts: list[list[int]]) -> int:
+    if max_tokens is None:
+        return state.context_length - min(len(p) for p in prompts)
+    if max_tokens < 0:
+        raise ApiError(400, f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens",
+                       code="invalid_value")
+    return max_tokens
+
+
+def _submit(state: ServerState, prompts: list[list[int]], cfg: SampleConfig, stop_ids: list[int]) -> Job:
+    seqs = [s for group in make_sequences(prompts, cfg, stop_ids) for s in group]
+    job = Job(seqs, state.tokenizer, cfg.stop, asyncio.get_running_loop())
+    try:
+        state.worker.submit(job)
+    except QueueFull as e:
+        raise ApiError(429, f"the server is busy: {e}", type_="rate_limit_error", code="rate_limit_exceeded") from None
+    return job
+
+
+@dataclass
+class _Result:
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+async def _collect(state: ServerState, job: Job) -> list[_Result]:
+    results = [_Result() for _ in job.seqs]
+    pending = len(results)
+    try:
+        while pending:
+            piece = await job.events.get()
+            _check_piece(piece)
+            r = results[piece.index]
+            r.text += piece.text
+            r.ids += piece.token_ids
+            r.logprobs += piece.logprobs
+            if piece.finish_reason:
+                r.finish_reason = piece.finish_reason
+                pending -= 1
+    except BaseException:
+        state.worker.cancel(job)
+        raise
+    return results
+
+
+def _check_piece(piece: Piece) -> None:
+    if piece.error:
+        raise ApiError(500, piece.error, type_="server_error")
+
+
+def _usage(prompt_tokens: int, results: list[_Result]) -> dict[str, int]:
+    completion = sum(len(r.ids) for r in results)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def _meta(prefix: str, model: str, obj: str) -> dict[str, Any]:
+    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": obj, "created": int(time.time()), "model": model}
+
+
+# ---- streaming ---------------------------------------------------------------------------------------------------
+def _sse(state: ServerState, job: Job, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+        except ApiError as e:  # the stream has started (status 200 is sent): report the error in the stream
+            yield f"data: {json.dumps(e.body)}\n\n"
+        finally:
+            if any(not s.finished for s in job.seqs):
+                state.worker.cancel(job)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+async def _pieces(job: Job) -> AsyncIterator[Piece]:
+    pending = len(job.seqs)
+    while pending:
+        piece = await job.events.get()
+        _check_piece(piece)
+        if piece.finish_reason:
+            pending -= 1
+        yield piece
+
+
+async def _completion_chunks(state: ServerState, job: Job, meta: dict[str, Any], echo: list[str],
+                             req: CompletionRequest, prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    results = [_Result() for _ in job.seqs]
+    offsets = [len(e) for e in echo]
+    for i, e in enumerate(echo):
+        if e:
+            yield {**meta, "choices": [{"text": e, "index": i, "logprobs": None, "finish_reason": None}]}
+    async for p in _pieces(job):
+        r = results[p.index]
+        r.ids += p.token_ids
+        lp = None
+        if req.logprobs is not None:
+            lp = _completion_logprobs(state.tokenizer, p.token_ids, p.logprobs, offsets[p.index])
+            offsets[p.index] += sum(len(t) for t in lp["tokens"])
+        yield {**meta, "choices": [{"text": p.text, "index": p.index, "logprobs": lp, "finish_reason": p.finish_reason}]}
+    if req.include_usage():
+        yield {**meta, "choices": [], "usage": _usage(prompt_tokens, results)}
+
+
+async def _chat_chunks(state: ServerState, job: Job, meta: dict[str, Any], req: ChatCompletionRequest,
+                       prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    meta = {**meta, "object": "chat.completion.chunk"}
+    results = [_Result() for _ in job.seqs]
+    for i in range(len(job.seqs)):
+        delta = {"role": "assistant", "content": ""}
+        yield {**meta, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}]}
+    async for p in _pieces(job):
+        results[p.index].ids += p.token_ids
+        lp = _chat_logprobs(state.tokenizer, p.token_ids, p.logprobs) if req.logprobs else None
+        if p.text or lp:
+            yield {**meta, "choices": [{"index": p.index, "delta": {"content": p.text}, "logprobs": lp,
+                                        "finish_reason": None}]}
+        if p.finish_reason:
+            yield {**meta, "choices": [{"index": p.index, "delta": {}, "logprobs": None,
+                                        "finish_reason": p.finish_reason}]}
+    if req.include_usage():
+        yield {**meta, "choices": [], "usage": _usage(prompt_tokens, results)}
+
+
+# ---- logprobs --------------------------------------------------------------------------------------------------
+def _token_str(tokenizer: Any, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def _completion_logprobs(tokenizer: Any, ids: list[int], lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists of tokens, their logprobs, the top alternatives, offsets."""
+    tokens = [_token_str(tokenizer, t) for t in ids]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in lps],
+        "top_logprobs": [{_token_str(tokenizer, t): v for t, v in lp.top} for lp in lps],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(tokenizer: Any, ids: list[int], lps: list[TokenLogprob]) -> dict[str, Any]:
+    def entry(t: int, v: float) -> dict[str, Any]:
+        return {"token": _token_str(tokenizer, t), "logprob": v, "bytes": list(tokenizer.decode_bytes([t]))}
+
+    return {"content": [{**entry(t, lp.logprob), "top_logprobs": [entry(a, v) for a, v in lp.top]}
+                        for t, lp in zip(ids, lps)]}
+
+
+# ---- errors and auth ---------------------------------------------------------------------------------------------
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            body = error_body(f"malformed JSON in the request body: {first.get('ctx', {}).get('error', '')}".strip(),
+                              "invalid_request_error", None, "invalid_json")
+            return JSONResponse(body, status_code=400)
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
+        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; see /v1/models, /v1/completions, /v1/chat/completions"
+        return JSONResponse(error_body(message, "invalid_request_error"), status_code=exc.status_code)
+
+
+class ApiKeyMiddleware:
+    """`--api-key`: every /v1 request needs `Authorization: Bearer <key>`, else 401 (the page and /health stay open)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                body = error_body("Incorrect API key provided; pass it as 'Authorization: Bearer <key>'",
+                                  "invalid_request_error", None, "invalid_api_key")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---- running ---------------------------------------------------------------------------------------------------
+class BackgroundServer:
+    """Run `app` under uvicorn in a thread on a free port (tests, benchmarks): `with BackgroundServer(app) as url:`."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
