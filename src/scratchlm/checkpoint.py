@@ -359,7 +359,8 @@ def _hf_tokenizer(hf_dir: Path, tokenizer: str | None) -> Tokenizer:
     if tokenizer is not None:
         return tokenizers.load(tokenizer)
     if (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
-        return tokenizers.BPETokenizer.from_gpt2_files(hf_dir / "vocab.json", hf_dir / "merges.txt")
+        tok = tokenizers.BPETokenizer.from_gpt2_files(hf_dir / "vocab.json", hf_dir / "merges.txt")
+        return _gpt2_or(tok)
     if (hf_dir / HF_TOKENIZER_COPY).is_file():
         return tokenizers.load(hf_dir / HF_TOKENIZER_COPY)
     raise ScratchlmError(
@@ -395,8 +396,17 @@ def import_hf(
 
 
 def is_gpt2_tokenizer(tok: Tokenizer) -> bool:
-    """True when `tok` is exactly GPT-2's (same vocabulary, merges and special tokens)."""
-    return tok.identity() == tokenizers.load("gpt2").identity()
+    """True when `tok` is exactly GPT-2's (same vocabulary, merges, pattern and special tokens; any name)."""
+    unnamed = lambda t: {**t.to_dict(), "name": None}  # noqa: E731
+    try:
+        return unnamed(tok) == unnamed(tokenizers.load("gpt2"))
+    except ScratchlmError:  # GPT-2's files cannot be fetched (offline, no mirror): then it is not provably GPT-2's
+        return False
+
+
+def _gpt2_or(tok: Tokenizer) -> Tokenizer:
+    """GPT-2's tokenizer itself (named "gpt2") when `tok` equals it, so identities match; else `tok`."""
+    return tokenizers.load("gpt2") if is_gpt2_tokenizer(tok) else tok
 
 
 def export_hf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, list[str]]:

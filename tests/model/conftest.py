@@ -50,3 +50,9 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def make_hf_model():
+    """kind -> a fresh random HF model (eval mode)."""
+    return make_hf

@@ -24,7 +24,7 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import apply_rope
 
-Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (B, 1, T, D/2), or None for learned positions
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (B, T, 1, D/2), or None for learned positions
 
 
 class CausalSelfAttention(nn.Module):
@@ -56,15 +56,18 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         H, H_kv, D = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, H_kv, D)
+        q, k = self.rotate(q, k, rope)  # RoPE in this (B, T, H, D) layout: its output keeps it (see below)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = self.rotate(q, k, rope)
         if cache is not None:
             assert mask is not None and positions is not None
             k, v = cache.update(self.layer_idx, k, v, positions, length=mask.shape[-1])  # (B, H_kv, S, D)
         y = self.attend(q, k, v, mask)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # merge heads: (B, T, C)
+        # Merge heads. The fused kernels lay their output out like q, i.e. (B, T, H, D) in memory, so this is a
+        # view, not a copy (one activation less to keep for backward).
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
     def _attend_manual(

@@ -98,12 +98,14 @@ def rope_inv_freq(config: ModelConfig, device: torch.device | None = None) -> to
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """cos and sin of the rotation angles for absolute `positions` (B, T): each (B, 1, T, D/2) in `dtype`."""
-    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2), computed in fp32
+    """cos and sin of the rotation angles for absolute `positions` (B, T): each (B, T, 1, D/2) in `dtype`."""
+    angles = positions[:, :, None, None].float() * inv_freq  # (B, T, 1, D/2), computed in fp32
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x1[i], x2[i]) of the two head-dim halves of x (B, H, T, D) by its angle."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    """Rotate each pair (x1[i], x2[i]) of the two head-dim halves of x (B, T, H, D) by its angle.
+
+    cos, sin: (B, T, 1, D/2), broadcast over the heads."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, D/2) each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -1,0 +1,148 @@
+"""How big and how expensive a `ModelConfig` is, before building it: parameters, FLOPs, memory, KV cache.
+
+Pure arithmetic on the config (no torch). `tests/model/test_sizing.py` checks every formula against the built
+model: parameter counts exactly, FLOPs against `torch.utils.flop_counter`, weight/gradient/AdamW bytes against
+the tensors, activation bytes against the tensors autograd saves.
+
+Conventions:
+- FLOPs count multiply-adds as 2 and only matmuls (the rest is a few percent). Attention counts the full T x T
+  score matrix at context T, the usual convention (PaLM, nanoGPT's MFU); causal kernels can skip half of it.
+  Training = forward + backward = 3 x forward (the backward computes gradients for inputs and weights).
+- Precision `fp32`: everything in 4 bytes. `bf16` / `fp16` mean mixed precision as the training loop runs it:
+  fp32 weights, gradients and AdamW moments, 16-bit activations; the KV cache is 16-bit.
+- Activations are the tensors autograd keeps for the backward pass of forward + cross-entropy, for the `sdpa`
+  path (the `manual` path also keeps the (B, H, T, T) attention probabilities of every layer). Activation
+  checkpointing per block keeps each block's input and recomputes one block at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scratchlm.model.config import ModelConfig
+
+PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation / KV-cache element
+CHINCHILLA_TOKENS_PER_PARAM = 20
+
+
+@dataclass
+class ParamCounts:
+    total: int
+    """Every parameter once (a tied head is the embedding)."""
+    embedding: int
+    """Token (and learned position) tables."""
+    per_layer: int
+    matmul: int
+    """Weights multiplied in the forward pass (the head included, even when tied): the FLOPs count."""
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.embedding
+
+
+def param_counts(config: ModelConfig) -> ParamCounts:
+    C, F, V, L = config.d_model, config.d_ff, config.vocab_size, config.n_layer
+    assert F is not None
+    b = 1 if config.bias else 0
+    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    attn_w = C * C + 2 * C * config.kv_dim + C * C  # q, k, v, o
+    attn_b = b * (C + 2 * config.kv_dim + C)
+    mlp_w = (3 if config.mlp == "swiglu" else 2) * C * F
+    mlp_b = b * ((2 * F if config.mlp == "swiglu" else F) + C)
+    per_layer = attn_w + attn_b + mlp_w + mlp_b + 2 * norm
+    embedding = V * C + (config.context_length * C if config.positions == "learned" else 0)
+    head = 0 if config.tie_embeddings else V * C
+    total = embedding + L * per_layer + norm + head
+    matmul = L * (attn_w + mlp_w) + V * C
+    return ParamCounts(total=total, embedding=embedding, per_layer=per_layer, matmul=matmul)
+
+
+def forward_flops_per_token(config: ModelConfig, context: int) -> int:
+    """Matmul FLOPs of one token's forward pass at sequence length `context`."""
+    attention = 2 * 2 * config.n_layer * context * config.n_head * config.head_dim  # QK^T and PV
+    return 2 * param_counts(config).matmul + attention
+
+
+def train_flops_per_token(config: ModelConfig, context: int) -> int:
+    """Forward + backward: 3 x the forward (about 6 x parameters + attention)."""
+    return 3 * forward_flops_per_token(config, context)
+
+
+def activation_elements_per_token(config: ModelConfig, context: int, attn_impl: str = "sdpa") -> dict[str, int]:
+    """Elements saved for backward per token: {"layer": one block, "head": final norm + logits, "input": one
+    block's input}. Dropout 0 (dropout adds a mask per dropout)."""
+    C, F, H, KV = config.d_model, config.d_ff, config.n_head, config.kv_dim
+    assert F is not None
+    # LayerNorm keeps its input and output (+ mean and rstd); our RMSNorm also keeps the normalised x before
+    # the gain (its input, x / rms, the gained output; + 1/rms).
+    norm = 2 * C + 2 if config.norm == "layernorm" else 3 * C + 1
+    if attn_impl == "sdpa":
+        # q, k, v (after RoPE), the output (+ logsumexp per head). The CPU/GPU flash kernels lay the output out
+        # as (B, T, H, D), so merging heads is a view and o_proj's input is that same tensor.
+        attn = C + 2 * KV + C + H
+    else:
+        kv = 2 * (C if config.n_rep > 1 else KV)  # repeat_interleave makes full-width copies for GQA
+        # q, k, v, softmax probabilities (H x T per query), the merged-heads copy of weights @ v (o_proj's input)
+        attn = C + kv + H * context + C
+    mlp = 4 * F if config.mlp == "swiglu" else 2 * F
+    layer = 2 * norm + attn + mlp
+    rope = config.head_dim if config.positions == "rope" else 0  # cos and sin, shared by all layers
+    head = norm + config.vocab_size + rope  # final norm, log-softmax of the logits (cross-entropy)
+    return {"layer": layer, "head": head, "input": C}
+
+
+@dataclass
+class Sizing:
+    config: ModelConfig
+    batch: int
+    context: int
+    precision: str
+    params: ParamCounts
+    forward_flops_per_token: int
+    train_flops_per_token: int
+    weights_bytes: int
+    grads_bytes: int
+    adamw_bytes: int
+    activations_bytes: int
+    activations_checkpointed_bytes: int
+    kv_cache_bytes_per_token: int
+
+    @property
+    def chinchilla_tokens(self) -> int:
+        """Compute-optimal training tokens (Hoffmann et al. 2022): about 20 per parameter."""
+        return CHINCHILLA_TOKENS_PER_PARAM * self.params.total
+
+    @property
+    def chinchilla_flops(self) -> int:
+        return self.chinchilla_tokens * self.train_flops_per_token
+
+    @property
+    def train_bytes(self) -> int:
+        """Weights + gradients + AdamW + activations (no checkpointing)."""
+        return self.weights_bytes + self.grads_bytes + self.adamw_bytes + self.activations_bytes
+
+
+def size(config: ModelConfig, batch: int = 1, context: int | None = None, precision: str = "fp32") -> Sizing:
+    """All the figures of `scratchlm model info` for one config at batch x context."""
+    context = context or config.context_length
+    act_bytes = PRECISIONS[precision]
+    params = param_counts(config)
+    acts = activation_elements_per_token(config, context, config.attn_impl)
+    tokens = batch * context
+    full = tokens * (config.n_layer * acts["layer"] + acts["head"]) * act_bytes
+    ckpt = tokens * (config.n_layer * acts["input"] + acts["layer"] + acts["head"]) * act_bytes
+    return Sizing(
+        config=config,
+        batch=batch,
+        context=context,
+        precision=precision,
+        params=params,
+        forward_flops_per_token=forward_flops_per_token(config, context),
+        train_flops_per_token=train_flops_per_token(config, context),
+        weights_bytes=4 * params.total,  # fp32 master weights in every precision
+        grads_bytes=4 * params.total,
+        adamw_bytes=2 * 4 * params.total,  # exp_avg and exp_avg_sq
+        activations_bytes=full,
+        activations_checkpointed_bytes=ckpt,
+        kv_cache_bytes_per_token=2 * config.n_layer * config.kv_dim * act_bytes,
+    )

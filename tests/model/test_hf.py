@@ -1,0 +1,119 @@
+"""Against `transformers`: logits, round trips, greedy decoding, tokenizer export (tiny random models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scratchlm import checkpoint
+from scratchlm.model import GPT, KVCache
+
+transformers = pytest.importorskip("transformers")
+
+KINDS = ["gpt2", "gpt2-untied", "llama", "llama-tied", "llama3-scaled"]  # llama*: GQA 4 query / 2 KV heads
+
+
+def _ids(B: int = 2, T: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 50257, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_equal_transformers(kind, hf_dir, tmp_path) -> None:
+    ours_dir = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer="gpt2")
+    model, _ = checkpoint.load(ours_dir)
+    ids = _ids()
+    ref = _hf_logits(hf_dir(kind), ids)
+    for impl in ("manual", "sdpa"):
+        m = GPT(model.config.replace(attn_impl=impl)).eval()
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            got = m(ids)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max().item() <= 1e-4, impl
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_hf_to_ours_to_hf_same_logits_in_transformers(kind, hf_dir, tmp_path) -> None:
+    ours = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer="gpt2")
+    back, _ = checkpoint.export_hf(ours, tmp_path / "back")
+    ids = _ids(seed=1)
+    torch.testing.assert_close(_hf_logits(back, ids), _hf_logits(hf_dir(kind), ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_ours_to_hf_to_ours_bitwise(preset, tmp_path) -> None:
+    from scratchlm import tokenizer
+    from scratchlm.model import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, context_length=64)
+    for tied in (True, False):
+        model = GPT(config.replace(tie_embeddings=tied))
+        a = checkpoint.save(tmp_path / f"a{tied}", model, tokenizer.load("gpt2"))
+        hf, _ = checkpoint.export_hf(a, tmp_path / f"hf{tied}")
+        b = checkpoint.import_hf(hf, tmp_path / f"b{tied}")  # tokenizer from the exported vocab.json/merges.txt
+        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), k
+        assert checkpoint.load_model_config(b) == checkpoint.load_model_config(a)
+        assert (b / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
+
+
+def test_exported_gpt2_tokenizer_loads_in_autotokenizer(tmp_path) -> None:
+    from scratchlm import tokenizer
+    from scratchlm.model import ModelConfig
+
+    tok = tokenizer.load("gpt2")
+    ckpt = checkpoint.save(tmp_path / "c", GPT(ModelConfig.from_preset("gpt2-tiny")), tok)
+    hf, notes = checkpoint.export_hf(ckpt, tmp_path / "hf")
+    assert notes == []
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf)
+    text = "Hello world, it's 2024!\n  Ünïcödé <|endoftext|> done"
+    assert hf_tok.encode(text) == tok.encode(text, allowed_special="all")
+    assert hf_tok.eos_token_id == tok.eot_id == json.loads((hf / "config.json").read_text())["eos_token_id"]
+
+
+def _greedy(model: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding with the KV cache: prefill the prompt, then one token per forward."""
+    B, T = prompt.shape
+    cache = KVCache.for_model(model, B, T + n)
+    positions = torch.arange(T).expand(B, T)
+    logits = model(prompt, cache, positions)[:, -1]
+    out = [prompt]
+    for t in range(T, T + n):
+        nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+        out.append(nxt)
+        logits = model(nxt, cache, torch.full((B, 1), t))[:, -1]
+    return torch.cat(out, dim=1)
+
+
+def test_greedy_32_tokens_equal_transformers_generate(hf_dir, tmp_path) -> None:
+    folder = hf_dir("gpt2")
+    model, _ = checkpoint.load(checkpoint.import_hf(folder, tmp_path / "ours", tokenizer="gpt2"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    prompt = _ids(B=1, T=7, seed=3)
+    with torch.no_grad():
+        ref = hf.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+        got = _greedy(model, prompt, 32)
+    assert got.shape == (1, 7 + 32)
+    assert got.tolist() == ref.tolist()
+
+
+def test_sharded_hf_folder(make_hf_model, tmp_path) -> None:
+    hf = make_hf_model("llama")
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="2MB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    model, _ = checkpoint.load(checkpoint.import_hf(tmp_path / "hf", tmp_path / "ours", tokenizer="gpt2"))
+    ids = _ids(seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-4)
