@@ -115,9 +115,12 @@ def test_known_ids(gpt2: BPETokenizer) -> None:
     assert gpt2.decode([15496, 995, 50256]) == "Hello world<|endoftext|>"
 
 
-def test_load_gpt2_by_name_uses_the_named_assets(gpt2: BPETokenizer) -> None:
+def test_load_gpt2_by_name_uses_the_named_assets(gpt2: BPETokenizer, mirror: Path) -> None:
     tok = load("gpt2")
     assert tok.identity() == gpt2.identity()
+    # the name is informational: the same files under another name (HF's vocab.json/merges.txt) are the same ids
+    unnamed = BPETokenizer.from_gpt2_files(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe")
+    assert unnamed.name is None and unnamed.identity() == tok.identity()
     tok.add_special_tokens(["<|im_start|>"])  # each load is a fresh object: this must not leak
     assert "<|im_start|>" not in load("gpt2").special_tokens
 

@@ -27,6 +27,7 @@ class Tokenizer:
 
     def __init__(self, n_regular: int, special_tokens: dict[str, int] | None = None) -> None:
         self.n_regular = n_regular
+        self._identity: str | None = None  # cached; adding a special token resets it
         self.special_tokens: dict[str, int] = {}
         self._special_bytes: dict[int, bytes] = {}
         for tok, idx in (special_tokens or {}).items():
@@ -42,6 +43,7 @@ class Tokenizer:
                 f"distinct and at least {self.n_regular} (the regular vocabulary size)"
             )
         self.special_tokens[token] = idx
+        self._identity = None
         self._special_bytes[idx] = token.encode("utf-8")
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
@@ -141,9 +143,15 @@ class Tokenizer:
             ) from None
 
     def identity(self) -> str:
-        """A stable hash of the JSON form: equal identities mean equal ids for every text."""
-        canonical = json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """A stable hash of what decides the ids (the JSON form without its informational "name").
+
+        Equal identities mean equal ids for every text; shards and checkpoints record it to catch a mismatch.
+        """
+        if self._identity is None:
+            d = {k: v for k, v in self.to_dict().items() if k != "name"}
+            canonical = json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            self._identity = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return self._identity
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={self.special_tokens})"
