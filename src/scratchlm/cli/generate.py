@@ -1,0 +1,175 @@
+"""`scratchlm generate` (continue a prompt) and `scratchlm chat` (talk to a model in the terminal).
+
+Both take every `SampleConfig` field as a flag (`--temperature`, `--top-k`, `--seed`, ...), so the same seed and
+settings give the same text here and in `scratchlm serve`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchlm.cli.parsing import parse
+from scratchlm.errors import ScratchlmError
+from scratchlm.generate.config import SampleConfig
+
+
+class _LateCheck:
+    """Skip `SampleConfig`'s checks while tyro builds the command config: tyro would wrap a ValueError in a
+    help box; `sample_config` runs them afterwards, so a bad value is the usual one-line error, exit 2."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(_LateCheck, SampleConfig):
+    """Continue a prompt with a checkpoint; prints only the continuation (plus a final newline) on stdout."""
+
+    checkpoint: Path
+    """Checkpoint step folder, or a run folder (its latest step)."""
+    prompt: str | None = None
+    """The text to continue."""
+    prompt_file: Path | None = None
+    """Read the prompt from this UTF-8 file instead."""
+    stream: bool = False
+    """Print the text as it is generated."""
+    echo: bool = False
+    """Print the prompt before the continuation."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+
+
+@dataclass(kw_only=True)
+class ChatConfig(_LateCheck, SampleConfig):
+    """Chat with a checkpoint in the terminal: /reset starts over, /exit (or end of input) quits.
+
+    Replies go to stdout; prompts and notes to stderr. The checkpoint's chat template (from finetuning) frames
+    the conversation; a base model gets plain "User: / Assistant:" turns. When the conversation outgrows the
+    context, the oldest turns are dropped (and a note says so). Every turn is sampled with the same --seed.
+    """
+
+    checkpoint: Path
+    """Checkpoint step folder, or a run folder (its latest step)."""
+    system: str | None = None
+    """A system message that starts the conversation (kept when old turns are dropped)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+
+
+def sample_config(cfg: SampleConfig) -> SampleConfig:
+    """The `SampleConfig` part of a command's config (validated here)."""
+    return SampleConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)})
+
+
+def load_for_generation(path: Path, device: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, config.json) of a language-model checkpoint; LoRA adapters are merged in."""
+    from scratchlm import checkpoint
+    from scratchlm import tokenizer as tokenizers
+    from scratchlm.train.distributed import resolve_device
+    from scratchlm.train.modes.finetune import ADAPTER_FILE, load_plain_model
+
+    step = checkpoint.resolve(path)
+    config = checkpoint.load_config(step)
+    if "classifier" in config:
+        raise ScratchlmError(f"{step} is a classifier checkpoint; use `scratchlm classify` with it")
+    dev = resolve_device(device)
+    if (step / ADAPTER_FILE).is_file():
+        model, tok = load_plain_model(step, dev), tokenizers.load(step / checkpoint.TOKENIZER_FILE)
+    else:
+        model, tok = checkpoint.load(step, device=dev)
+    model.requires_grad_(False)
+    return model.eval(), tok, config
+
+
+def _read_prompt(cfg: GenerateConfig) -> str:
+    if (cfg.prompt is None) == (cfg.prompt_file is None):
+        raise ScratchlmError("give exactly one of --prompt TEXT or --prompt-file FILE")
+    if cfg.prompt_file is not None:
+        try:
+            return cfg.prompt_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ScratchlmError(f"cannot read --prompt-file {cfg.prompt_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ScratchlmError(f"--prompt-file {cfg.prompt_file} is not UTF-8 text; convert it") from None
+    return cfg.prompt  # type: ignore[return-value]
+
+
+def generate(argv: list[str], prog: str) -> int:
+    from scratchlm.generate.text import complete, stream
+
+    cfg = parse(GenerateConfig, argv, prog)
+    prompt = _read_prompt(cfg)
+    sample = sample_config(cfg)
+    if cfg.stream and sample.n > 1:
+        raise ScratchlmError("--stream prints one sample; drop --stream or use --n 1")
+    model, tok, _ = load_for_generation(cfg.checkpoint, cfg.device)
+    out = sys.stdout
+    if cfg.echo:
+        out.write(prompt)
+    if cfg.stream:
+        for piece in stream(model, tok, prompt, sample):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return 0
+    [samples] = complete(model, tok, [prompt], sample)
+    for i, c in enumerate(samples):
+        if i:
+            out.write(f"\n----- sample {i + 1} -----\n" + (prompt if cfg.echo else ""))
+        out.write(c.text)
+    out.write("\n")
+    return 0
+
+
+def chat(argv: list[str], prog: str) -> int:
+    from scratchlm.generate.chat import chat_prompt, fit_history
+    from scratchlm.generate.text import stream_completion
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    cfg = parse(ChatConfig, argv, prog)
+    sample = dataclasses.replace(sample_config(cfg), n=1)
+    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    template = ChatTemplate.from_config(config.get("chat_template"))
+    context = model.config.context_length
+    reserve = min(sample.max_new_tokens, context // 2)  # room kept for the reply when trimming history
+    start = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    messages = list(start)
+    err = sys.stderr
+    print(f"chatting with {cfg.checkpoint} ({template.name} template); /reset starts over, /exit quits", file=err)
+    while True:
+        print("you> ", end="", file=err, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            print(file=err)
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() == "/reset":
+            messages = list(start)
+            print("(conversation reset)", file=err)
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        messages, dropped = fit_history(template, tok, messages, context - reserve)
+        if dropped:
+            print(f"(dropped the {dropped} oldest message(s) to fit the {context}-token context)", file=err)
+        prompt = chat_prompt(template, tok, messages)
+        if len(prompt.ids) >= context:
+            print(f"error: the message is {len(prompt.ids)} tokens, the context is {context}; write less", file=err)
+            messages.pop()
+            continue
+        turn = dataclasses.replace(sample, stop=prompt.stop_strings + sample.stop)
+        reply = ""
+        for piece, done in stream_completion(model, tok, prompt.ids, turn, stop_ids=prompt.stop_ids):
+            if piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            if done is not None:
+                reply = done.text
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": reply})
