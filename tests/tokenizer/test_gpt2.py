@@ -162,3 +162,33 @@ def test_none_raise_and_none(gpt2: BPETokenizer) -> None:
 @given(st.lists(st.one_of(st.sampled_from([EOT, EOT + " ", " " + EOT]), texts), max_size=6).map("".join))
 def test_allowed_specials_on_random_text_equal_tiktoken(gpt2: BPETokenizer, tiktoken_gpt2, text: str) -> None:
     assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+# ---- the O(n log n) path for long chunks gives the same ids ------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_heap_path(gpt2: BPETokenizer) -> BPETokenizer:
+    """GPT-2 with every chunk of 2+ bytes sent through the heap path that long chunks take."""
+    tok = BPETokenizer(gpt2.vocab, gpt2.special_tokens, gpt2.pattern)
+    tok.LONG_CHUNK = 1
+    return tok
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(texts)
+def test_heap_path_equals_tiktoken(gpt2_heap_path: BPETokenizer, tiktoken_gpt2, text: str) -> None:
+    gpt2_heap_path.clear_cache()
+    assert gpt2_heap_path.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_long_chunks_equal_tiktoken(gpt2: BPETokenizer, gpt2_heap_path: BPETokenizer, tiktoken_gpt2) -> None:
+    text = (MIRROR / "wikitext-2-test.tokens").read_text(encoding="utf-8")[:100_000]
+    assert gpt2_heap_path.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    for long in [
+        "!" * 20_000,
+        "a" * 20_000,
+        "x" + " " * 20_000 + "y",
+        "=-" * 10_000,
+        "é" * 5_000,
+        "😀" * 3_000,
+    ]:
+        assert gpt2.encode_ordinary(long) == tiktoken_gpt2.encode_ordinary(long)
