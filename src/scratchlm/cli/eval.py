@@ -1,0 +1,213 @@
+"""`scratchlm eval perplexity|mc|judge`: load a checkpoint, run the evaluation, print a table or JSON, write a
+report (and a plot when a run folder's steps make a series)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchlm.cli.parsing import parse
+from scratchlm.errors import ScratchlmError
+
+DATASETS = {"wikitext-2": "wikitext-2-test", "wikitext-2-test": "wikitext-2-test", "wikitext-2-valid": "wikitext-2-valid"}
+"""--dataset aliases -> asset names; any other text asset (tinyshakespeare, the-verdict) works by its name."""
+
+
+@dataclass
+class PerplexityConfig:
+    """Sliding-window perplexity (Hugging Face guide), word perplexity and bits per byte of a text."""
+
+    checkpoint: Path
+    """Checkpoint step folder, or a run folder (its latest step; every step with --all-steps)."""
+    dataset: str | None = None
+    """wikitext-2 (test split), wikitext-2-valid, or any text asset name (see `scratchlm fetch --list`)."""
+    input: Path | None = None
+    """A UTF-8 text file to evaluate instead of --dataset."""
+    context: int | None = None
+    """Window length in tokens (default: the model's context length)."""
+    stride: int | None = None
+    """Tokens the window advances by (default: context / 2); stride = context scores disjoint windows."""
+    batch_size: int = 4
+    """Windows per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
+    json: bool = False
+    """Print one JSON object (token_perplexity, word_perplexity, bits_per_byte, tokens) instead of a table."""
+    out: Path | None = None
+    """Also write the full report to this JSON file."""
+    all_steps: bool = False
+    """With a run folder: evaluate every step folder, one row each, and plot the series (--plot)."""
+    plot: Path | None = None
+    """PNG of the metrics per step (with --all-steps; default: beside --out)."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+
+
+@dataclass
+class MCConfig:
+    """Few-shot multiple-choice accuracy (acc and length-normalised acc_norm) by log-likelihood."""
+
+    checkpoint: Path
+    """Checkpoint step folder, or a run folder (its latest step; every step with --all-steps)."""
+    task: str = ""
+    """hellaswag, arc-easy, arc-challenge, mmlu, or a JSONL file of {"context", "choices", "label"} items."""
+    shots: int = 0
+    """Few-shot examples before each item, drawn from the task's separate split (see docs/eval.md)."""
+    limit: int = 0
+    """Evaluate only the first N items (0: all)."""
+    seed: int = 1234
+    """Seed of the few-shot draw: the same seed gives the same prompts."""
+    fewshot_task: Path | None = None
+    """A JSONL file of items to draw the shots from (default: the task's own few-shot split)."""
+    batch_size: int = 8
+    """Choices scored per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+    out: Path | None = None
+    """Also write the report (with per-item log-likelihoods) to this JSON file."""
+    all_steps: bool = False
+    """With a run folder: evaluate every step folder, one row each, and plot the series (--plot)."""
+    plot: Path | None = None
+    """PNG of acc/acc_norm per step (with --all-steps; default: beside --out)."""
+
+
+# ---- shared helpers ---------------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ScratchlmError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+
+
+def _steps(checkpoint: Path, all_steps: bool) -> list[tuple[int | None, Path]]:
+    """(step number, folder) to evaluate: the one checkpoint, or every complete step folder of a run."""
+    from scratchlm.checkpoint import resolve
+
+    if not all_steps:
+        return [(None, resolve(checkpoint))]
+    steps = sorted(p for p in Path(checkpoint).glob("step_*") if (p / "config.json").is_file())
+    if not steps:
+        raise ScratchlmError(f"--all-steps: {checkpoint} has no step_* checkpoint folders; pass a run folder")
+    return [(int(p.name.split("_", 1)[1]), p) for p in steps]
+
+
+def _load(step_dir: Path, device: Any) -> tuple[Any, Any]:
+    import scratchlm
+
+    return scratchlm.load(step_dir, device=device)
+
+
+def _plot_path(plot: Path | None, out: Path | None, stem: str) -> Path | None:
+    if plot is not None:
+        return plot
+    return out.with_suffix(".png") if out is not None else Path(f"{stem}.png")
+
+
+def _emit(summary_rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    from scratchlm.eval.report import table
+
+    if as_json:
+        print(json.dumps(summary_rows[0] if len(summary_rows) == 1 else summary_rows))
+    else:
+        print(table(columns, [[row.get(c, "") for c in columns] for row in summary_rows]))
+
+
+# ---- eval perplexity ----------------------------------------------------------------------------------------------
+
+
+def _read_text(cfg: PerplexityConfig) -> tuple[str, str]:
+    from scratchlm import assets
+
+    if (cfg.dataset is None) == (cfg.input is None):
+        raise ScratchlmError("give exactly one of --dataset NAME (e.g. wikitext-2) or --input FILE")
+    if cfg.input is not None:
+        try:
+            return cfg.input.read_text(encoding="utf-8"), str(cfg.input)
+        except FileNotFoundError:
+            raise ScratchlmError(f"input file {cfg.input} does not exist; pass an existing UTF-8 text file") from None
+        except UnicodeDecodeError:
+            raise ScratchlmError(f"input file {cfg.input} is not UTF-8 text; convert it first") from None
+    assert cfg.dataset is not None
+    name = DATASETS.get(cfg.dataset, cfg.dataset)
+    return assets.fetch(name).read_text(encoding="utf-8"), cfg.dataset
+
+
+def perplexity(argv: list[str], prog: str) -> int:
+    from scratchlm.eval.perplexity import perplexity_of_text
+    from scratchlm.eval.report import plot_series, write_json
+
+    cfg = parse(PerplexityConfig, argv, prog)
+    text, source = _read_text(cfg)
+    device = _device(cfg.device)
+    rows = []
+    for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
+        model, tok = _load(folder, device)
+        context = cfg.context or model.config.context_length
+        stride = cfg.stride or max(context // 2, 1)
+        r = perplexity_of_text(model, tok, text, context, stride, cfg.batch_size, device, cfg.dtype, cfg.progress)
+        row = {"checkpoint": str(folder), "source": source, **r.summary()}
+        if step is not None:
+            row = {"step": step, **row}
+        rows.append(row)
+    columns = (["step"] if cfg.all_steps else []) + ["token_perplexity", "word_perplexity", "bits_per_byte", "tokens"]
+    _emit(rows, columns, cfg.json)
+    if cfg.out is not None:
+        write_json(cfg.out, {"command": "perplexity", "results": rows})
+    if cfg.all_steps:
+        path = _plot_path(cfg.plot, cfg.out, "perplexity")
+        assert path is not None
+        plot_series(path, [r["step"] for r in rows], {"word perplexity": [r["word_perplexity"] for r in rows],
+                    "token perplexity": [r["token_perplexity"] for r in rows]}, "step", f"perplexity on {source}")
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+# ---- eval mc ------------------------------------------------------------------------------------------------------
+
+
+def mc(argv: list[str], prog: str) -> int:
+    from scratchlm.eval.fewshot import evaluate_mc
+    from scratchlm.eval.report import plot_series, write_json
+    from scratchlm.eval.tasks import load_task
+
+    cfg = parse(MCConfig, argv, prog)
+    if not cfg.task:
+        raise ScratchlmError("name a task: --task hellaswag|arc-easy|arc-challenge|mmlu or --task FILE.jsonl")
+    task = load_task(cfg.task, str(cfg.fewshot_task) if cfg.fewshot_task else None)
+    device = _device(cfg.device)
+    rows, details = [], []
+    for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
+        model, tok = _load(folder, device)
+        r = evaluate_mc(model, tok, task.items, task.pool, cfg.shots, cfg.seed, cfg.limit, cfg.batch_size, device,
+                        cfg.dtype, task.name, progress=True, item_pools=task.item_pools)
+        row = {"checkpoint": str(folder), **r.summary()}
+        if step is not None:
+            row = {"step": step, **row}
+        rows.append(row)
+        details.append({**row, "items": r.items})
+    columns = (["step"] if cfg.all_steps else []) + ["task", "shots", "n", "acc", "acc_norm"]
+    _emit(rows, columns, cfg.json)
+    if cfg.out is not None:
+        write_json(cfg.out, {"command": "mc", "results": details})
+    if cfg.all_steps:
+        path = _plot_path(cfg.plot, cfg.out, f"mc-{task.name}")
+        assert path is not None
+        plot_series(path, [r["step"] for r in rows], {"acc": [r["acc"] for r in rows],
+                    "acc_norm": [r["acc_norm"] for r in rows]}, "step", f"{task.name}, {cfg.shots}-shot")
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
