@@ -98,8 +98,10 @@ class EngineWorker:
         return len(self.engine.running)
 
     def submit(self, job: Job) -> None:
+        """Queue a job, or raise `QueueFull` when more than `max_waiting` sequences would wait for a slot."""
         with self._wake:
-            if self.waiting() + len(job.seqs) > self.max_waiting:
+            free = self.engine.slots - self.running()
+            if self.waiting() + len(job.seqs) > self.max_waiting + free:
                 raise QueueFull(f"{self.waiting()} sequences are already waiting for a slot; retry later")
             self._inbox.append(job)
             self._wake.notify()
