@@ -83,7 +83,7 @@ def test_stop_n_seed_and_logprobs(client: OpenAI, loaded: tuple) -> None:
     lp = client.completions.create(model=MODEL, prompt="A", max_tokens=5, temperature=0, logprobs=2).choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
     for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
-        assert value < 0 and max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the best
+        assert value < 0 and top[token] == pytest.approx(value) == max(top.values())  # greedy: the chosen token is the best
     assert "".join(lp.tokens) == base[: len("".join(lp.tokens))]
 
 
