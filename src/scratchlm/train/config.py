@@ -24,7 +24,7 @@ class TrainConfig:
 
     # ---- run folder, resume, reproducibility
     out: Path = Path("runs/run")
-    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, train_config.yaml."""
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, config.yaml (resolved settings)."""
     resume: str | None = None
     """`auto` (newest checkpoint in --out if any, else start fresh) or a checkpoint/run folder path."""
     seed: int = 1337

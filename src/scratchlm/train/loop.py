@@ -576,7 +576,7 @@ class Trainer:
             return {}
         results = self.evaluate()
         if results:
-            record = {"kind": "eval", "step": step, **results}
+            record = {"kind": "eval", "step": step, **results, "elapsed_s": time.perf_counter() - self.t_start}
             self.metrics.append(record)
             loggers.log(step, record)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())

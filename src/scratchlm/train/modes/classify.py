@@ -23,7 +23,7 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.model import GPT
 from scratchlm.model.lora import LoRAConfig
 from scratchlm.train.modes.base import Batch, BatchStream
-from scratchlm.train.modes.finetune import HEAD_FILE, FinetuneMode, trainable
+from scratchlm.train.modes.finetune import FinetuneMode, trainable
 
 TRAINABLE = ("head", "last", "all")
 
@@ -128,11 +128,6 @@ class ClassifyMode(FinetuneMode):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "classifier": self.spec}
-
-    def extra_tensor_files(self, module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-        from scratchlm.checkpoint import unwrap
-
-        return {HEAD_FILE: unwrap(module).head.state_dict()}
 
 
 @torch.no_grad()

@@ -103,37 +103,53 @@ class FinetuneMode(Mode):
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
-    def extra_tensor_files(self, module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-        """Files besides the model weights (a classifier's head); override in modes that add modules."""
-        return {}
-
     def save_weights(
         self,
         module: nn.Module,
         path: Path,
         tokenizer: Any,
         extra: dict[str, Any],
-        train_state: dict[str, Any] | None,
+        train_state: Any,
     ) -> None:
-        path = Path(path)
-        model = base_model_of(module)
-        staging = path.with_name(path.name + ".partial")
-        # adapter-only: checkpoint.save writes config, tokenizer and train state; the (empty) weights go away
-        state_dict = {} if self.lora is not None else None
-        checkpoint.save(staging, model, tokenizer, extra=extra, train_state=train_state, state_dict=state_dict)
-        files = dict(self.extra_tensor_files(module))
-        if self.lora is not None:
-            (staging / checkpoint.WEIGHTS_FILE).unlink()
-            files[ADAPTER_FILE] = adapter_state_dict(model)
+        save_finetuned(path, module, tokenizer, extra, train_state, adapters_only=self.lora is not None)
+
+    def load_weights(self, module: nn.Module, path: Path) -> None:
+        load_finetuned_weights(module, Path(path))
+
+
+def save_finetuned(
+    path: str | os.PathLike[str],
+    module: nn.Module,
+    tokenizer: Any,
+    extra: dict[str, Any],
+    train_state: Any = None,
+    adapters_only: bool = False,
+) -> Path:
+    """Write a finetuned checkpoint folder (layout in the module docstring), assembled beside `path`, renamed."""
+    path = Path(path)
+    model = base_model_of(module)
+    staging = path.with_name(path.name + ".partial")
+    # adapter-only: checkpoint.save writes config, tokenizer and train state; the (empty) weights file goes away
+    checkpoint.save(staging, model, tokenizer, extra=extra, train_state=train_state,
+                    state_dict={} if adapters_only else None)
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    head = getattr(checkpoint.unwrap(module), "head", None)
+    if head is not None:
+        files[HEAD_FILE] = head.state_dict()
+    if adapters_only:
+        (staging / checkpoint.WEIGHTS_FILE).unlink()
+        files[ADAPTER_FILE] = adapter_state_dict(model)
+    try:
         for name, tensors in files.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / name))
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
-        fsync_dir(path.parent)
-
-    def load_weights(self, module: nn.Module, path: Path) -> None:
-        load_finetuned_weights(module, Path(path))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 def load_finetuned_weights(module: nn.Module, path: Path) -> None:
@@ -176,7 +192,7 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
                 f"the LoRA checkpoint {step} adapts the base checkpoint {base}, which no longer exists; "
                 "put it back there (or edit lora.base in config.json)"
             )
-        model, _ = checkpoint.load(base, device=device)
+        model = load_plain_model(base, device)
         tokenizer = tokenizers.load(step / checkpoint.TOKENIZER_FILE)
         resize_vocab(model, config["model"]["vocab_size"])
         inject_lora(model, from_dict(LoRAConfig, {k: v for k, v in lora.items() if k != "base"}, "lora"))
@@ -198,3 +214,19 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
 def trainable(params: Iterable[nn.Parameter]) -> None:
     for p in params:
         p.requires_grad_(True)
+
+
+def load_plain_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> GPT:
+    """A plain GPT from any language-model checkpoint: adapters are merged in (a chain of LoRA runs works)."""
+    from scratchlm.model.lora import merge_lora
+
+    step = checkpoint.resolve(path)
+    if not (step / ADAPTER_FILE).is_file():
+        return checkpoint.load(step, device=device)[0]
+    module, _, config = load_finetuned(step, device)
+    if "classifier" in config:
+        raise ScratchlmError(f"{step} is a classifier checkpoint; start from a language-model checkpoint")
+    model = merge_lora(module)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model  # type: ignore[return-value]

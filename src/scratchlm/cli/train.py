@@ -1,0 +1,192 @@
+"""`scratchlm pretrain`: train a model from scratch on token shards (or on the embedded Shakespeare corpus).
+
+    scratchlm pretrain --preset shakespeare-char --out runs/shakespeare
+    scratchlm pretrain --preset gpt2 --data shards/fineweb --out runs/gpt2 --compile
+    torchrun --nproc_per_node 2 -m scratchlm pretrain --preset shakespeare-char --out runs/ddp
+
+Settings, lowest precedence first: the TrainConfig defaults, the recipe named by `--preset`
+(`presets/recipe/<name>.yaml`), a `--config FILE.yaml`, then flags. The resolved settings are written to
+`<out>/config.yaml`, which `--config` accepts to repeat the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scratchlm.cli.parsing import parse
+from scratchlm.dataclass_io import to_dict
+from scratchlm.errors import ScratchlmError
+from scratchlm.train.config import TrainConfig
+
+EMBEDDED_CORPUS = "tinyshakespeare.txt.gz"
+
+
+@dataclass
+class ModelOverrides:
+    """Changes to the model preset's fields (unset = the preset's value)."""
+
+    vocab_size: int | None = None
+    """Rows of the token embedding (at least the tokenizer's vocabulary)."""
+    context_length: int | None = None
+    """Tokens per training sequence (and the size of the position table)."""
+    n_layer: int | None = None
+    """Number of Transformer blocks."""
+    n_head: int | None = None
+    """Attention heads per block."""
+    n_kv_head: int | None = None
+    """Key/value heads (grouped-query attention)."""
+    d_model: int | None = None
+    """Width of the residual stream."""
+    d_ff: int | None = None
+    """Hidden width of the MLP."""
+    dropout: float | None = None
+    """Dropout probability."""
+    bias: bool | None = None
+    """Biases in linear layers and norms."""
+    tie_embeddings: bool | None = None
+    """Share the token embedding with the output head."""
+    attn_impl: str | None = None
+    """manual or sdpa."""
+
+
+@dataclass
+class PretrainCommand(TrainConfig):
+    """Pretrain a GPT from scratch: next-token prediction on token shards, with progress, checkpoints and resume."""
+
+    preset: str | None = None
+    """Recipe from presets/recipe/ (e.g. shakespeare-char, gpt2): model preset plus training settings."""
+    data: Path | None = None
+    """Shard folder made by `scratchlm data prepare`; unset: the embedded tinyshakespeare text, char-level,
+    prepared into <out>/data (last 10% = validation)."""
+    model_preset: str = "gpt2"
+    """Model shape preset from presets/model/ (gpt2, gpt2-tiny, llama-tiny, shakespeare-char, ...)."""
+    model: ModelOverrides = field(default_factory=ModelOverrides)
+    sample_at_end: int = 500
+    """Characters/tokens of text generated from the final model and printed (0: none)."""
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("scratchlm") / "presets" / "recipe"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """presets/recipe/<name>.yaml as a dict of PretrainCommand fields."""
+    path = resources.files("scratchlm") / "presets" / "recipe" / f"{name}.yaml"
+    if not path.is_file():
+        raise ScratchlmError(f"unknown --preset {name!r}; known recipes: {', '.join(recipe_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data["preset"] = name
+    return data
+
+
+def _preset_from_argv(argv: list[str]) -> str | None:
+    """--preset NAME from the flags, else a `preset:` key in the --config file (a resolved config.yaml has one)."""
+    for i, tok in enumerate(argv):
+        if tok == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith("--preset="):
+            return tok.split("=", 1)[1]
+    for i, tok in enumerate(argv):
+        path = argv[i + 1] if tok == "--config" and i + 1 < len(argv) else None
+        path = tok.split("=", 1)[1] if tok.startswith("--config=") else path
+        if path and Path(path).is_file():
+            try:
+                data = yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError:
+                return None  # parse() reports the YAML error
+            return data.get("preset") if isinstance(data, dict) else None
+    return None
+
+
+def resolve_model_config(cmd: PretrainCommand) -> Any:
+    """The preset's fields with the --model.* overrides applied, validated by ModelConfig."""
+    from scratchlm.dataclass_io import from_dict
+    from scratchlm.model.config import ModelConfig, load_preset_dict
+
+    data = load_preset_dict(cmd.model_preset)
+    data.update({k: v for k, v in dataclasses.asdict(cmd.model).items() if v is not None})
+    return from_dict(ModelConfig, data, where=f"model preset {cmd.model_preset!r} with --model overrides")
+
+
+def prepare_embedded_corpus(out: Path) -> Path:
+    """The packaged tinyshakespeare, char-level, as shards in <out>/data (reused when already there)."""
+    from scratchlm.data.prepare import prepare_text
+
+    shard_dir = out / "data"
+    if (shard_dir / "manifest.json").is_file():
+        return shard_dir
+    text = gzip.decompress((resources.files("scratchlm") / "resources" / EMBEDDED_CORPUS).read_bytes()).decode()
+    prepare_text(text, shard_dir, tokenizer="char", val_fraction=0.1)
+    return shard_dir
+
+
+def pretrain(argv: list[str], prog: str) -> int:
+    preset = _preset_from_argv(argv)
+    base = load_recipe(preset) if preset else None
+    cmd = parse(PretrainCommand, argv, prog, base=base)
+    return run_pretrain(cmd)
+
+
+def run_pretrain(cmd: PretrainCommand) -> int:
+    from scratchlm.data import shard_tokenizer
+    from scratchlm.model import GPT
+    from scratchlm.train.distributed import print0
+    from scratchlm.train.loop import seed_everything, train
+    from scratchlm.train.modes.pretrain import PretrainMode
+
+    model_config = resolve_model_config(cmd)
+    train_cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
+    if cmd.data is None:
+        if _is_rank0():
+            prepare_embedded_corpus(cmd.out)
+        _wait_for(cmd.out / "data" / "manifest.json")
+        shard_dir = cmd.out / "data"
+    else:
+        shard_dir = cmd.data
+    tokenizer = shard_tokenizer(shard_dir)
+    seed_everything(cmd.seed)
+    model = GPT(model_config)
+    mode = PretrainMode(shard_dir, model_config.context_length, seed=cmd.seed)
+    run_config = to_dict(cmd)
+    run_config["model"] = to_dict(model_config)  # the resolved shape, so the file repeats this exact model
+    result = train(train_cfg, mode, model, tokenizer, run_config=run_config)
+    if not _is_rank0():
+        return 0
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        print0(f"stopped by {result.stopped} at step {result.step}; checkpoint {result.checkpoint}; "
+               f"continue with the same command plus --resume auto")
+        return 130 if result.stopped == "SIGINT" else 143
+    if cmd.sample_at_end and result.checkpoint is not None:
+        from scratchlm.generate import generate
+
+        model.eval()
+        text = generate(model, tokenizer, cmd.sample_prompt, cmd.sample_at_end, temperature=0.8, top_k=200,
+                        seed=cmd.seed)
+        print0(f"\n--- sample from {result.checkpoint} ---\n{cmd.sample_prompt}{text}\n---")
+        print0(f"continue it: scratchlm generate --checkpoint {cmd.out} --prompt \"ROMEO:\"")
+    return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _wait_for(path: Path, timeout_s: float = 600.0) -> None:
+    """Other torchrun ranks wait for rank 0 to prepare the embedded corpus (no process group exists yet)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise ScratchlmError(f"timed out waiting for rank 0 to write {path}")
+        time.sleep(0.2)
