@@ -1,0 +1,751 @@
+"""`prepare(cfg)`: raw text -> cleaned, de-duplicated, decontaminated token shards, resumably and in bounded memory.
+
+The pipeline, per document, in input order:
+
+    read (parent)  ->  decode, clean, quality filters, word hashes, MinHash, 13-gram check, tokenize (workers)
+                   ->  exact dedup, near dedup, contamination verdict, train/val split, shard writing (parent)
+
+Decisions:
+- Work that needs no other document (everything up to tokenization) runs in `workers` processes on chunks of
+  about 256 KiB; the parent submits at most 2 chunks per worker ahead and consumes results in submission order,
+  so the output does not depend on the number of workers and memory does not depend on the corpus size.
+  Documents that later prove to be duplicates were tokenized for nothing; duplicates are the minority.
+- Order-dependent work (which copy of a duplicate is first) stays in the one parent process. Each document is
+  counted under the first rule that drops it: quality, exact duplicate, near duplicate, contamination.
+- The train/validation split is by kept document, evenly spread and deterministic: kept document i goes to val
+  when floor((i + 1) f) > floor(i f) for f = `val_fraction` (exactly floor(n f) of n documents).
+- After every document an end-of-text token (`tokenizer.eot_id`). A tokenizer without one (the char-level
+  tokenizer made without special tokens) gets the tokens of a blank line, `"\\n\\n"`, instead: the manifest records
+  `separator`, and document-aligned loading is then unavailable.
+- Shards are streamed to `.partial` files and renamed when full, so memory does not depend on `shard_tokens`.
+- Resume: whenever a shard completes, the parent syncs the partial shards, writes the dedup index entries added
+  since the last checkpoint as `.progress/dedup_NNNNNN.npz` and then `.progress/state.json` (atomically): how
+  many input documents were consumed, the counters, the shards, the partial shards' lengths. A re-run after a
+  crash truncates the partial shards to those lengths, replays the dedup files, skips the consumed documents and
+  carries on; it ends with the same files and the same manifest as an uninterrupted run.
+
+Peak memory (documented in docs/data.md): per worker the tokenizer plus the largest document (a few hundred MB
+for an 8 MiB document with a char tokenizer, far less for typical documents); in the parent the in-flight chunks
+(2 x workers x 256 KiB of text and their tokens) plus the dedup indexes, which grow by about 0.7 KB per kept
+document (`dedup.py`). It does not depend on the corpus size otherwise, nor on the shard size.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scratchlm import assets
+from scratchlm import tokenizer as tokenizers
+from scratchlm.data import shards
+from scratchlm.data.clean import REASONS, QualityConfig, normalize, quality_reason
+from scratchlm.data.decontaminate import eval_ngrams, is_contaminated, resolve_eval_set
+from scratchlm.data.dedup import HashIndex, MinHasher, NearDupIndex, exact_key
+from scratchlm.data.inputs import JSON, InputFile, RawDoc, json_text, read_documents, resolve_inputs
+from scratchlm.data.ngrams import word_hashes
+from scratchlm.dataclass_io import to_dict
+from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.fs import atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
+
+PROGRESS_DIR = ".progress"
+STATE_VERSION = 1
+_CHUNK_BYTES = 256 << 10
+_CHUNK_DOCS = 512
+_SMALL_INPUT = 2 << 20
+"""With `workers=0` (all cores), inputs smaller than this run in-process: starting workers would cost more."""
+
+
+@dataclass
+class PrepareConfig:
+    """Clean, de-duplicate, decontaminate and tokenize text into token shards with a report (docs/data.md)."""
+
+    out: Path
+    """Output folder for the shards and manifest.json; an interrupted run in it is resumed."""
+    input: tuple[Path, ...] = ()
+    """Input files or folders (.txt, .jsonl and their .gz forms; folders are searched recursively)."""
+    dataset: tuple[str, ...] = ()
+    """Named datasets to use as input (e.g. tinyshakespeare, wikitext-2-valid; `scratchlm fetch --list`)."""
+    tokenizer: str = "gpt2"
+    """Tokenizer: gpt2, a tokenizer JSON file or a checkpoint folder."""
+    text_field: str = "text"
+    """Field of each JSONL record that holds the text."""
+    split_docs: bool = False
+    """Cut text files into documents at blank lines (default: one file, one document)."""
+    val_fraction: float = 0.01
+    """Share of kept documents that go to the validation split (evenly spread, deterministic)."""
+    shard_tokens: int = 50_000_000
+    """Tokens per shard file (the last shard of a split may be shorter)."""
+    workers: int = 0
+    """Worker processes for cleaning and tokenizing (0: all cores)."""
+    max_document_mb: float = 8.0
+    """Largest document accepted, in MiB (a larger one is an error: use --split-docs or JSONL)."""
+    min_chars: int = 100
+    """Quality: drop documents shorter than this many characters after cleaning."""
+    min_alpha_fraction: float = 0.5
+    """Quality: drop documents where letters are less than this share of the non-whitespace characters."""
+    max_repeated_line_fraction: float = 0.3
+    """Quality: drop documents where more than this share of the lines repeat an earlier line (1 disables)."""
+    max_repeated_ngram_fraction: float = 0.2
+    """Quality: drop documents where more than this share of word n-grams repeat an earlier one (1 disables)."""
+    repeated_ngram_size: int = 5
+    """Words per n-gram for the repeated-n-gram filter."""
+    exact_dedup: bool = True
+    """Drop exact duplicates (same cleaned text)."""
+    near_dedup: bool = True
+    """Drop near duplicates (MinHash + LSH over word shingles)."""
+    near_threshold: float = 0.8
+    """Jaccard similarity of the shingle sets at or above which a document is a near duplicate."""
+    shingle_size: int = 5
+    """Words per shingle for near-dedup."""
+    minhash_perms: int = 128
+    """MinHash signature length (hash functions)."""
+    lsh_bands: int = 16
+    """LSH bands; rows per band = minhash_perms // lsh_bands."""
+    decontaminate: tuple[str, ...] = ("wikitext-2-test",)
+    """Evaluation sets (named assets or text files) whose n-grams must not appear in kept documents."""
+    decontaminate_ngram: int = 13
+    """Words per n-gram for decontamination."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1), e.g. 0.01"),
+            (self.shard_tokens >= 1, "shard_tokens must be at least 1"),
+            (self.workers >= 0, "workers must be >= 0 (0 means all cores)"),
+            (self.max_document_mb > 0, "max_document_mb must be positive"),
+            (self.min_chars >= 0, "min_chars must be >= 0"),
+            (0 <= self.min_alpha_fraction <= 1, "min_alpha_fraction must be in [0, 1]"),
+            (0 <= self.max_repeated_line_fraction <= 1, "max_repeated_line_fraction must be in [0, 1]"),
+            (0 <= self.max_repeated_ngram_fraction <= 1, "max_repeated_ngram_fraction must be in [0, 1]"),
+            (self.repeated_ngram_size >= 1, "repeated_ngram_size must be >= 1"),
+            (0 < self.near_threshold <= 1, "near_threshold must be in (0, 1]"),
+            (self.shingle_size >= 1, "shingle_size must be >= 1"),
+            (1 <= self.lsh_bands <= self.minhash_perms, "lsh_bands must be between 1 and minhash_perms"),
+            (self.decontaminate_ngram >= 1, "decontaminate_ngram must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.out = Path(self.out)
+        self.input = tuple(Path(p) for p in self.input)
+        self.dataset = tuple(self.dataset)
+        self.decontaminate = tuple(d for d in self.decontaminate if d.lower() != "none")
+
+    @property
+    def quality(self) -> QualityConfig:
+        return QualityConfig(
+            self.min_chars,
+            self.min_alpha_fraction,
+            self.max_repeated_line_fraction,
+            self.max_repeated_ngram_fraction,
+            self.repeated_ngram_size,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+
+_KEEP, _QUALITY, _ERROR = 0, 1, 2
+
+
+class DocProcessor:
+    """Everything that looks at one document alone; runs in the worker processes (or in-process for 1 worker)."""
+
+    def __init__(self, settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray) -> None:
+        self.s = settings
+        self.quality = QualityConfig(**{f.name: settings[f.name] for f in dataclasses.fields(QualityConfig)})
+        self.tokenizer = tokenizers.from_dict(tokenizer_dict)
+        self.separator = list(settings["separator"])
+        self.dtype = np.dtype(settings["dtype"])
+        self.eval_table = eval_table
+        self.minhasher = (
+            MinHasher(settings["minhash_perms"], settings["lsh_bands"], settings["shingle_size"])
+            if settings["near_dedup"]
+            else None
+        )
+
+    def process(self, chunk: list[RawDoc]) -> list[tuple]:
+        return [self.process_one(doc) for doc in chunk]
+
+    def process_one(self, doc: RawDoc) -> tuple:
+        try:
+            text = doc.data.decode("utf-8")
+            invalid = 0
+        except UnicodeDecodeError:
+            text = doc.data.decode("utf-8", errors="replace")
+            invalid = 1
+        if doc.kind == JSON:
+            try:
+                text = json_text(text, self.s["text_field"], doc.where)
+            except ScratchlmError as e:
+                return (_ERROR, str(e))
+            if _has_surrogates(text):  # JSON escapes can spell lone surrogates, which are not encodable text
+                text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
+                invalid = 1
+        text = normalize(text)
+        words = word_hashes(text)  # (W,) uint64, shared by the filters below
+        reason = quality_reason(text, words, self.quality)
+        if reason is not None:
+            return (_QUALITY, len(doc.data), invalid, REASONS.index(reason))
+        bands = sig16 = None
+        if self.minhasher is not None:
+            signature = self.minhasher.signature(words)
+            if signature is not None:
+                bands = self.minhasher.band_keys(signature)
+                sig16 = signature.astype(np.uint16)  # low 16 bits (b-bit MinHash, see dedup.py)
+        contaminated = is_contaminated(words, self.s["decontaminate_ngram"], self.eval_table)
+        tokens = None
+        if not contaminated:
+            ids = self.tokenizer.encode_ordinary(text)
+            ids.extend(self.separator)
+            tokens = np.array(ids, dtype=self.dtype)
+        clean_bytes = len(text.encode("utf-8"))
+        return (_KEEP, len(doc.data), invalid, exact_key(text), bands, sig16, contaminated, tokens, clean_bytes)
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+_worker: DocProcessor | None = None
+
+
+def _init_worker(settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray) -> None:
+    global _worker
+    _worker = DocProcessor(settings, tokenizer_dict, eval_table)
+
+
+def _process_chunk(chunk: list[RawDoc]) -> list[tuple]:
+    assert _worker is not None
+    return _worker.process(chunk)
+
+
+def _chunks(docs: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
+    chunk: list[RawDoc] = []
+    size = 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc.data)
+        if size >= _CHUNK_BYTES or len(chunk) >= _CHUNK_DOCS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+# ------------------------------------------------------------------------------------------------ shard writing
+
+
+class SplitWriter:
+    """Streams one split's tokens into shard files of `shard_tokens` tokens (see the module docstring)."""
+
+    def __init__(self, out: Path, split: str, dtype: np.dtype, vocab_size: int, shard_tokens: int) -> None:
+        self.out, self.split, self.dtype = out, split, np.dtype(dtype)
+        self.vocab_size, self.shard_tokens = vocab_size, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self.index = self.tokens = self.documents = 0
+        self._file: Any = None
+
+    @property
+    def _partial(self) -> Path:
+        return self.out / (shards.shard_name(self.split, self.index) + ".partial")
+
+    def _open(self) -> None:
+        self._file = open(self._partial, "wb")
+        self._file.write(shards.pack_header(0, self.vocab_size, self.dtype))  # the count is filled in at the end
+
+    def write(self, tokens: np.ndarray) -> bool:
+        """Append one document's tokens (they may span shards); True if a shard was completed."""
+        completed, pos = False, 0
+        while pos < tokens.size:
+            if self._file is None:
+                self._open()
+            take = min(self.shard_tokens - self.tokens, tokens.size - pos)
+            self._file.write(tokens[pos : pos + take].tobytes())
+            self.tokens += take
+            pos += take
+            if pos == tokens.size:
+                self.documents += 1  # the document ends in this shard
+            if self.tokens == self.shard_tokens:
+                self._finish()
+                completed = True
+        return completed
+
+    def _finish(self) -> None:
+        f = self._file
+        f.seek(0)
+        f.write(shards.pack_header(self.tokens, self.vocab_size, self.dtype))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        self._file = None
+        final = self.out / shards.shard_name(self.split, self.index)
+        sha = _sha256(self._partial)
+        os.replace(self._partial, final)
+        fsync_dir(self.out)
+        self.shards.append({"file": final.name, "tokens": self.tokens, "documents": self.documents, "sha256": sha})
+        self.index += 1
+        self.tokens = self.documents = 0
+
+    def close(self) -> None:
+        """Complete the last, shorter shard (if any tokens are pending)."""
+        if self.tokens:
+            self._finish()
+
+    def sync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def state(self) -> dict[str, Any]:
+        return {"shards": self.shards, "index": self.index, "tokens": self.tokens, "documents": self.documents}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Back to a checkpoint: truncate the partial shard to its recorded length (see the module docstring)."""
+        self.shards = state["shards"]
+        self.index, self.tokens, self.documents = state["index"], state["tokens"], state["documents"]
+        for s in self.shards:
+            if not (self.out / s["file"]).is_file():
+                raise ScratchlmError(
+                    f"{self.out} is damaged: completed shard {s['file']} is missing; delete the folder and prepare again"
+                )
+        final = self.out / shards.shard_name(self.split, self.index)
+        if self.tokens == 0:
+            self._partial.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            return
+        if not self._partial.exists() and final.exists():
+            os.replace(final, self._partial)  # crashed between completing this shard and recording it
+        if not self._partial.exists():
+            raise ScratchlmError(
+                f"{self.out} is damaged: partial shard {self._partial.name} is missing; delete the folder and "
+                "prepare again"
+            )
+        size = shards.HEADER_SIZE + self.tokens * self.dtype.itemsize
+        if self._partial.stat().st_size < size:
+            raise ScratchlmError(
+                f"{self.out} is damaged: {self._partial.name} is shorter than recorded; delete the folder and "
+                "prepare again"
+            )
+        self._file = open(self._partial, "r+b")
+        self._file.truncate(size)
+        self._file.seek(size)
+        final.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+_COUNTERS = (
+    "documents_read",
+    "documents_kept",
+    "exact_duplicates",
+    "near_duplicates",
+    "contaminated",
+    "filtered_quality",
+    "invalid_utf8",
+    "bytes_read",
+    "bytes_kept",
+    "documents_train",
+    "documents_val",
+    "tokens_train",
+    "tokens_val",
+)
+
+
+class _Run:
+    """The parent side of one `prepare` run: consumes per-document results in order, writes, checkpoints."""
+
+    def __init__(self, cfg: PrepareConfig, out: Path, header: dict[str, Any], settings: dict[str, Any]) -> None:
+        self.cfg, self.out, self.header, self.settings = cfg, out, header, settings
+        self.progress_dir = out / PROGRESS_DIR
+        dtype = np.dtype(settings["dtype"])
+        vocab = header["tokenizer"]["vocab_size"]
+        self.writers = {s: SplitWriter(out, s, dtype, vocab, cfg.shard_tokens) for s in shards.SPLITS}
+        self.report: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
+        self.reasons = dict.fromkeys(REASONS, 0)
+        self.docs_consumed = 0
+        self.exact = HashIndex() if cfg.exact_dedup else None
+        self.near = NearDupIndex(cfg.minhash_perms, cfg.near_threshold) if cfg.near_dedup else None
+        self.deltas: list[str] = []
+        self._pending_exact: list[int] = []
+        self._pending_bands: list[np.ndarray] = []
+        self._near_saved = 0  # signatures [0, _near_saved) are in dedup files already
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Make everything so far durable, then record it in state.json (the one atomic commit point)."""
+        for w in self.writers.values():
+            w.sync()
+        if self._pending_exact or self._pending_bands:
+            name = f"dedup_{len(self.deltas):06d}.npz"
+            exact = np.array(self._pending_exact, dtype=np.uint64)
+            near_count = self.near.count if self.near else 0
+            bands = np.array(self._pending_bands, dtype=np.uint64).reshape(-1, self.cfg.lsh_bands)
+            sigs = (
+                self.near.signatures[self._near_saved : near_count]
+                if self.near
+                else np.zeros((0, self.cfg.minhash_perms), np.uint16)
+            )
+            with atomic_path(self.progress_dir / name, what="progress file") as tmp, open(tmp, "wb") as f:
+                np.savez(f, exact=exact, bands=bands, signatures=sigs)
+            self.deltas.append(name)
+            self._pending_exact, self._pending_bands, self._near_saved = [], [], near_count
+        state = {
+            "state_version": STATE_VERSION,
+            **self.header,
+            "settings": self.settings,
+            "docs_consumed": self.docs_consumed,
+            "report": self.report,
+            "reasons": self.reasons,
+            "writers": {s: w.state() for s, w in self.writers.items()},
+            "deltas": self.deltas,
+        }
+        atomic_write_text(self.progress_dir / "state.json", json.dumps(state, indent=1) + "\n", what="progress file")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.docs_consumed = state["docs_consumed"]
+        self.report.update(state["report"])
+        self.reasons.update(state["reasons"])
+        for s, w in self.writers.items():
+            w.restore(state["writers"][s])
+        self.deltas = list(state["deltas"])
+        for name in self.deltas:
+            with np.load(self.progress_dir / name) as z:
+                if self.exact is not None:
+                    self.exact.insert(z["exact"])
+                if self.near is not None and len(z["bands"]):
+                    self.near.add(z["bands"], z["signatures"])
+        self._near_saved = self.near.count if self.near else 0
+        keep = {*self.deltas, "state.json"}
+        for p in self.progress_dir.iterdir():  # files of a checkpoint that never committed
+            if p.name not in keep:
+                p.unlink()
+        listed = {s["file"] for w in self.writers.values() for s in w.shards}
+        listed |= {shards.shard_name(s, w.index) + ".partial" for s, w in self.writers.items() if w.tokens}
+        for p in self.out.glob("*.bin*"):
+            if p.name not in listed:
+                p.unlink()
+
+    # ---- consuming results ----------------------------------------------------------------------------------
+    def consume(self, result: tuple) -> None:
+        if result[0] == _ERROR:
+            raise ScratchlmError(result[1])
+        rep = self.report
+        rep["documents_read"] += 1
+        rep["bytes_read"] += result[1]
+        rep["invalid_utf8"] += result[2]
+        completed = False
+        if result[0] == _QUALITY:
+            rep["filtered_quality"] += 1
+            self.reasons[REASONS[result[3]]] += 1
+        else:
+            completed = self._dedup_and_write(*result[3:])
+        self.docs_consumed += 1
+        if completed:
+            self.checkpoint()
+
+    def _dedup_and_write(
+        self,
+        key: int,
+        bands: np.ndarray | None,
+        sig16: np.ndarray | None,
+        contaminated: bool,
+        tokens: np.ndarray | None,
+        clean_bytes: int,
+    ) -> bool:
+        rep = self.report
+        if self.exact is not None:
+            keys = np.array([key], dtype=np.uint64)
+            if self.exact.lookup(keys)[0] >= 0:
+                rep["exact_duplicates"] += 1
+                return False
+            self.exact.insert(keys)
+            self._pending_exact.append(key)
+        if self.near is not None and bands is not None:
+            if self.near.is_duplicate(bands, sig16):
+                rep["near_duplicates"] += 1
+                return False
+            self.near.add(bands, sig16)
+            self._pending_bands.append(bands)
+        if contaminated:
+            rep["contaminated"] += 1
+            return False
+        assert tokens is not None
+        i = rep["documents_kept"]
+        f = self.cfg.val_fraction
+        split = "val" if math.floor((i + 1) * f) > math.floor(i * f) else "train"
+        rep["documents_kept"] += 1
+        rep["bytes_kept"] += clean_bytes
+        rep[f"documents_{split}"] += 1
+        rep[f"tokens_{split}"] += int(tokens.size)
+        return self.writers[split].write(tokens)
+
+    # ---- the whole run --------------------------------------------------------------------------------------
+    def run(
+        self, files: list[InputFile], tokenizer_dict: dict[str, Any], eval_table: np.ndarray, progress: bool
+    ) -> None:
+        docs = read_documents(files, self.cfg.split_docs, int(self.cfg.max_document_mb * 2**20))
+        docs = itertools.islice(docs, self.docs_consumed, None)
+        workers = self.cfg.workers or os.cpu_count() or 1
+        if self.cfg.workers == 0 and sum(f.size for f in files) < _SMALL_INPUT:
+            workers = 1
+        t0, last = time.monotonic(), time.monotonic()
+        start_bytes = self.report["bytes_read"]
+        results = _results(docs, workers, self.settings, tokenizer_dict, eval_table)
+        try:
+            with contextlib.closing(results):  # closing shuts the worker pool down even on an error
+                for result in results:
+                    self.consume(result)
+                    if progress and time.monotonic() - last > 5:
+                        last = time.monotonic()
+                        self._print_progress(last - t0, start_bytes)
+        except BaseException:
+            for w in self.writers.values():
+                w.abort()
+            raise
+        for w in self.writers.values():
+            w.close()
+
+    def _print_progress(self, seconds: float, start_bytes: int) -> None:
+        rep = self.report
+        mb = (rep["bytes_read"] - start_bytes) / 1e6
+        print(
+            f"prepare: {rep['documents_read']:,} documents, {mb:,.1f} MB read this run ({mb / seconds:.2f} MB/s), "
+            f"{rep['documents_kept']:,} kept, {rep['tokens_train'] + rep['tokens_val']:,} tokens",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _results(
+    docs: Iterator[RawDoc],
+    workers: int,
+    settings: dict[str, Any],
+    tokenizer_dict: dict[str, Any],
+    eval_table: np.ndarray,
+) -> Iterator[tuple]:
+    """Per-document results in input order, from `workers` processes (in-process for 1)."""
+    if workers <= 1:
+        processor = DocProcessor(settings, tokenizer_dict, eval_table)
+        for chunk in _chunks(docs):
+            yield from processor.process(chunk)
+        return
+    # forkserver: workers start from a clean interpreter (no torch threads inherited from a training process)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(settings, tokenizer_dict, eval_table),
+    )
+    try:
+        pending: collections.deque[Future] = collections.deque()
+        for chunk in _chunks(docs):
+            pending.append(pool.submit(_process_chunk, chunk))
+            if len(pending) >= 2 * workers:  # bounded read-ahead: memory does not grow with the corpus
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def _settings(cfg: PrepareConfig, files: list[InputFile], tok: Any, separator: list[int]) -> dict[str, Any]:
+    """Everything that determines the output (not `out`, not `workers`): compared on resume, kept in the manifest."""
+    d = to_dict(cfg)
+    for name in ("out", "workers", "tokenizer", "input", "dataset", "decontaminate"):
+        d.pop(name)
+    d["inputs"] = [{"path": str(f.path), "bytes": f.size} for f in files]
+    d["decontaminate"] = [n if n in assets.REGISTRY else str(resolve_eval_set(n).resolve()) for n in cfg.decontaminate]
+    d["separator"] = separator
+    d["dtype"] = shards.dtype_for_vocab(tok.vocab_size).name
+    return d
+
+
+def _refuse_mismatch(out: Path, saved: dict[str, Any], header: dict[str, Any], settings: dict[str, Any]) -> None:
+    have, want = saved["tokenizer"]["identity"], header["tokenizer"]["identity"]
+    if have != want:
+        raise ScratchlmError(
+            f"{out} was prepared with another tokenizer ({have[:19]}..., this one is {want[:19]}...); "
+            "use a new --out folder, or delete it to start over"
+        )
+    diff = sorted(k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k))
+    if diff:
+        raise ScratchlmError(
+            f"{out} was prepared with different settings ({', '.join(diff)}); use a new --out folder or the same "
+            "settings, or delete it to start over"
+        )
+
+
+def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the pipeline into `cfg.out` (or finish an interrupted run there) and return the manifest.
+
+    `tokenizer` overrides `cfg.tokenizer` with an object (e.g. a `CharTokenizer` built in memory). Raises
+    `ScratchlmError` for bad input before anything is written; an error later in a run that created the folder
+    removes it again.
+    """
+    tok = tokenizer if tokenizer is not None else tokenizers.load(cfg.tokenizer)
+    if tok.eot_id is not None:
+        separator = [tok.eot_id]
+    else:
+        try:
+            separator = tok.encode_ordinary("\n\n")
+        except ScratchlmError:
+            raise ScratchlmError(
+                "this tokenizer has neither <|endoftext|> nor a newline to separate documents; add the special "
+                "token <|endoftext|> to it (e.g. train it with that special token)"
+            ) from None
+    paths = [*cfg.input, *(assets.fetch(name) for name in cfg.dataset)]
+    files = resolve_inputs(paths, cfg.text_field)
+    settings = _settings(cfg, files, tok, separator)
+    header = {
+        "format": shards.MANIFEST_FORMAT,
+        "format_version": shards.FORMAT_VERSION,
+        "tokenizer": {
+            "source": str(cfg.tokenizer) if tokenizer is None else getattr(tok, "name", None) or type(tok).__name__,
+            "identity": tok.identity(),
+            "kind": getattr(tok, "kind", type(tok).__name__),
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+        },
+    }
+    out = cfg.out
+    state_path = out / PROGRESS_DIR / "state.json"
+    state = None
+    if out.exists() and not out.is_dir():
+        raise ScratchlmError(f"--out {out} is a file; pass a folder")
+    if (out / shards.MANIFEST).is_file():
+        manifest = shards.read_manifest(out)
+        _refuse_mismatch(out, manifest, header, settings)
+        if progress:
+            print(f"prepare: {out} is already complete with these settings", file=sys.stderr)
+        return manifest
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        _refuse_mismatch(out, state, header, settings)
+    elif out.is_dir() and any(p.name != PROGRESS_DIR for p in out.iterdir()):
+        raise ScratchlmError(f"--out {out} is not empty and holds no scratchlm shards; choose a new or empty folder")
+    eval_table = eval_ngrams(cfg.decontaminate, cfg.decontaminate_ngram)
+    created = not out.exists()
+    ensure_writable_dir(out)
+    run = _Run(cfg, out, header, settings)
+    try:
+        (out / PROGRESS_DIR).mkdir(exist_ok=True)
+        if state is not None:
+            run.restore(state)
+            if progress:
+                print(f"prepare: resuming after {run.docs_consumed:,} documents", file=sys.stderr)
+        else:
+            run.checkpoint()  # records the tokenizer at once, so another tokenizer is refused even after a kill
+        run.run(files, tok.to_dict(), eval_table, progress)
+        if run.report["documents_read"] == 0:
+            raise ScratchlmError("the input holds no documents (only blank lines); pass files that contain text")
+        if run.report["documents_kept"] == 0:
+            raise ScratchlmError(
+                f"all {run.report['documents_read']:,} documents were dropped ({_drop_summary(run)}); "
+                "check the input or loosen the filters (e.g. --min-chars 0)"
+            )
+        manifest = _manifest(run)
+        atomic_write_text(out / shards.MANIFEST, json.dumps(manifest, indent=1) + "\n", what="manifest")
+    except ScratchlmError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    except OSError as e:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise ScratchlmError(f"cannot write to {out}: {e.strerror or e}; choose a writable --out with free space") from None
+    shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+    return manifest
+
+
+def _drop_summary(run: _Run) -> str:
+    rep = run.report
+    parts = [f"{k.replace('_', ' ')} {rep[k]:,}" for k in ("filtered_quality", "exact_duplicates", "near_duplicates",
+                                                          "contaminated") if rep[k]]
+    return ", ".join(parts) or "none kept"
+
+
+def _manifest(run: _Run) -> dict[str, Any]:
+    rep = dict(run.report)
+    sep = len(run.settings["separator"])
+    content_tokens = rep["tokens_train"] + rep["tokens_val"] - sep * rep["documents_kept"]
+    rep["quality_reasons"] = dict(run.reasons)
+    rep["shards_train"] = len(run.writers["train"].shards)
+    rep["shards_val"] = len(run.writers["val"].shards)
+    rep["bytes_per_token"] = round(rep["bytes_kept"] / content_tokens, 4) if content_tokens else None
+    return {
+        **run.header,
+        "dtype": run.settings["dtype"],
+        "separator": run.settings["separator"],
+        "shards": {s: w.shards for s, w in run.writers.items()},
+        "settings": run.settings,
+        "report": rep,
+    }
+
+
+def format_report(manifest: dict[str, Any]) -> str:
+    """The report as an aligned two-column table (what `scratchlm data prepare` prints)."""
+    rep = manifest["report"]
+    read = max(rep["documents_read"], 1)
+
+    def pct(n: int) -> str:
+        return f"{100 * n / read:5.1f}%"
+
+    rows = [
+        ("documents read", f"{rep['documents_read']:,}", ""),
+        ("kept", f"{rep['documents_kept']:,}", pct(rep["documents_kept"])),
+        ("dropped: quality", f"{rep['filtered_quality']:,}", pct(rep["filtered_quality"])),
+        *[
+            (f"  {reason.replace('_', ' ')}", f"{n:,}", pct(n))
+            for reason, n in rep["quality_reasons"].items()
+            if n
+        ],
+        ("dropped: exact duplicates", f"{rep['exact_duplicates']:,}", pct(rep["exact_duplicates"])),
+        ("dropped: near duplicates", f"{rep['near_duplicates']:,}", pct(rep["near_duplicates"])),
+        ("dropped: contaminated", f"{rep['contaminated']:,}", pct(rep["contaminated"])),
+        ("invalid UTF-8 (replaced)", f"{rep['invalid_utf8']:,}", ""),
+        ("MB read / kept", f"{rep['bytes_read'] / 1e6:,.2f} / {rep['bytes_kept'] / 1e6:,.2f}", ""),
+        ("documents train / val", f"{rep['documents_train']:,} / {rep['documents_val']:,}", ""),
+        ("tokens train / val", f"{rep['tokens_train']:,} / {rep['tokens_val']:,}", ""),
+        ("shards train / val", f"{rep['shards_train']} / {rep['shards_val']}", ""),
+        ("bytes per token", f"{rep['bytes_per_token']}", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a.ljust(w0)}  {b.rjust(w1)}  {c}".rstrip() for a, b, c in rows)
