@@ -211,3 +211,116 @@ def mc(argv: list[str], prog: str) -> int:
                     "acc_norm": [r["acc_norm"] for r in rows]}, "step", f"{task.name}, {cfg.shots}-shot")
         print(f"plot: {path}", file=sys.stderr)
     return 0
+
+
+# ---- eval judge ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeConfig:
+    """Score instruction following 0-100 with a judge model behind an OpenAI-compatible endpoint."""
+
+    checkpoint: Path
+    """Checkpoint (step or run folder) whose responses are judged."""
+    data: Path = Path("")
+    """JSON list (or JSONL) of {"instruction", optional "input", optional "output" (a reference answer)}."""
+    judge_url: str = ""
+    """Base URL of the judge, e.g. http://127.0.0.1:8000 (…/v1 and …/v1/chat/completions work too)."""
+    judge_model: str = ""
+    """Model name sent to the judge endpoint."""
+    api_key: str | None = None
+    """Bearer token for the judge endpoint (default: $OPENAI_API_KEY if set)."""
+    out: Path = Path("judge-report.json")
+    """The JSON report, rewritten after every item; an existing report for the same data is resumed."""
+    limit: int = 0
+    """Judge only the first N instructions (0: all)."""
+    max_new_tokens: int = 256
+    """Longest response generated per instruction."""
+    temperature: float = 0.0
+    """Sampling temperature of the responses (0: greedy)."""
+    seed: int = 1234
+    """Sampling seed (used when temperature > 0)."""
+    retries: int = 4
+    """Retries of a judge call that fails to connect, times out or gets 429/5xx."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled at each retry."""
+    timeout: float = 120.0
+    """Seconds to wait for one judge reply."""
+    worst: int = 5
+    """How many of the lowest-scored items the report lists."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    json: bool = False
+    """Print the summary as one JSON object instead of a table."""
+    plot: Path | None = None
+    """PNG histogram of the scores (default: beside --out)."""
+
+
+def _responder(folder: Path, device: Any, cfg: JudgeConfig) -> Any:
+    """instruction record -> the checkpoint's answer, through its chat template and `scratchlm.generate`."""
+    from scratchlm.checkpoint import load_config
+    from scratchlm.eval.judge import prompt_text
+    from scratchlm.generate import SampleConfig, complete
+    from scratchlm.generate.chat import chat_prompt
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    model, tok = _load(folder, device)
+    template = ChatTemplate.from_config(load_config(folder).get("chat_template"))
+
+    def respond(record: dict[str, str]) -> str:
+        prompt = chat_prompt(template, tok, [{"role": "user", "content": prompt_text(record)}])
+        budget = model.config.context_length - len(prompt.ids)
+        if budget < 1:
+            return ""  # the instruction alone fills the context: an empty answer, judged as such
+        sample = SampleConfig(max_new_tokens=min(cfg.max_new_tokens, budget), temperature=cfg.temperature,
+                              seed=cfg.seed, stop=prompt.stop_strings)
+        return complete(model, tok, [prompt.ids], sample, stop_ids=prompt.stop_ids)[0][0].text.strip()
+
+    return respond
+
+
+def judge(argv: list[str], prog: str) -> int:
+    import os
+
+    from scratchlm.checkpoint import resolve
+    from scratchlm.eval.judge import BUCKETS, JudgeClient, read_instructions, run_judge
+    from scratchlm.eval.report import fmt, plot_histogram, table
+
+    cfg = parse(JudgeConfig, argv, prog)
+    if not str(cfg.data) or str(cfg.data) == ".":
+        raise ScratchlmError("pass --data FILE.json: a list of {\"instruction\", \"input\", \"output\"} records")
+    if not cfg.judge_url or not cfg.judge_model:
+        raise ScratchlmError("pass --judge-url URL and --judge-model NAME of an OpenAI-compatible judge")
+    records = read_instructions(cfg.data)
+    folder = resolve(cfg.checkpoint)
+    client = JudgeClient(cfg.judge_url, cfg.judge_model, cfg.api_key or os.environ.get("OPENAI_API_KEY"),
+                         cfg.retries, cfg.backoff, cfg.timeout)
+    respond = _responder(folder, _device(cfg.device), cfg)
+
+    def progress(done: int, total: int, item: dict[str, Any]) -> None:
+        print(f"\rjudged {done}/{total} (last score {fmt(item['score'])})", end="", file=sys.stderr, flush=True)
+
+    meta = {"checkpoint": str(folder), "data": str(cfg.data), "max_new_tokens": cfg.max_new_tokens,
+            "temperature": cfg.temperature, "seed": cfg.seed}
+    try:
+        report = run_judge(records, respond, client, cfg.out, meta, cfg.limit, progress)
+    finally:
+        print(file=sys.stderr)
+    summary = report["summary"]
+    summary["worst"] = summary["worst"][: cfg.worst]
+    if cfg.json:
+        print(json.dumps(summary))
+    else:
+        print(table(["metric", "value"], [["mean score", summary["mean"]], ["judged", summary["judged"]],
+                                          ["scored", summary["scored"]], ["missing score", summary["missing"]]]))
+        print()
+        print(table(["score", "items"], list(summary["distribution"].items())))
+        print()
+        print(table(["worst", "score", "instruction"],
+                    [[w["index"], w["score"], w["instruction"][:60].replace("\n", " ")] for w in summary["worst"]]))
+        print(f"report: {cfg.out}")
+    scores = [it["score"] for it in report["items"] if it.get("score") is not None]
+    if scores:
+        path = cfg.plot or cfg.out.with_suffix(".png")
+        plot_histogram(path, scores, [lo for lo, _ in BUCKETS] + [100], "judge score", f"{len(scores)} items")
+    return 0
