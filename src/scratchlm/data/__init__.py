@@ -20,6 +20,8 @@ from typing import Any
 _EXPORTS = {
     "PrepareConfig": "scratchlm.data.prepare",
     "format_report": "scratchlm.data.prepare",
+    "prepare_text": "scratchlm.data.prepare",
+    "shard_tokenizer": "scratchlm.data.prepare",
     "TokenLoader": "scratchlm.data.loader",
     "read_manifest": "scratchlm.data.shards",
     "open_shard": "scratchlm.data.shards",

@@ -62,9 +62,10 @@ from scratchlm.data.inputs import JSON, InputFile, RawDoc, json_text, read_docum
 from scratchlm.data.ngrams import word_hashes
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
-from scratchlm.fs import atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
+from scratchlm.fs import atomic_dir, atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
 
 PROGRESS_DIR = ".progress"
+TOKENIZER_FILE = "tokenizer.json"
 STATE_VERSION = 1
 _CHUNK_BYTES = 256 << 10
 _CHUNK_DOCS = 512
@@ -672,6 +673,7 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
                 print(f"prepare: resuming after {run.docs_consumed:,} documents", file=sys.stderr)
         else:
             run.checkpoint()  # records the tokenizer at once, so another tokenizer is refused even after a kill
+        tok.save(out / TOKENIZER_FILE)  # readers rebuild the exact tokenizer from the folder (shard_tokenizer)
         run.run(files, tok.to_dict(), eval_table, progress)
         if run.report["documents_read"] == 0:
             raise ScratchlmError("the input holds no documents (only blank lines); pass files that contain text")
@@ -749,3 +751,103 @@ def format_report(manifest: dict[str, Any]) -> str:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a.ljust(w0)}  {b.rjust(w1)}  {c}".rstrip() for a, b, c in rows)
+
+
+# ------------------------------------------------------------------------------------------------ one text
+
+
+def prepare_text(
+    text: str,
+    out: str | Path,
+    tokenizer: Any = "char",
+    val_fraction: float = 0.1,
+    shard_tokens: int = 50_000_000,
+) -> dict[str, Any]:
+    """One curated text in memory (the quickstart's Tiny Shakespeare) -> the same shard folder, nanoGPT-style.
+
+    No cleaning, filtering or de-duplication: the text is known. The last `val_fraction` of its characters,
+    from the next line start on, is the validation split. `tokenizer` is a Tokenizer, a name or path for
+    `scratchlm.tokenizer.load`, or "char": a character-level tokenizer of this text's characters (no special
+    tokens, so no separator is added). A tokenizer with an end-of-text token gets one after each split's text.
+    The folder is written as `out.tmp/` and renamed when complete.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError("val_fraction must be in [0, 1), e.g. 0.1")
+    if not text:
+        raise ScratchlmError("the text to prepare is empty; pass a non-empty text")
+    if isinstance(tokenizer, str | os.PathLike):
+        source = str(tokenizer)
+        tok = tokenizers.CharTokenizer.train([text]) if source == "char" else tokenizers.load(source)
+    else:
+        tok, source = tokenizer, getattr(tokenizer, "name", None) or type(tokenizer).__name__
+    cut = len(text) - int(len(text) * val_fraction)
+    if val_fraction > 0:
+        newline = text.find("\n", cut - 1)
+        cut = newline + 1 if 0 <= newline < len(text) - 1 else cut
+    parts = {"train": text[:cut], "val": text[cut:]}
+    separator = [tok.eot_id] if tok.eot_id is not None else []
+    dtype = shards.dtype_for_vocab(tok.vocab_size)
+    header = {
+        "format": shards.MANIFEST_FORMAT,
+        "format_version": shards.FORMAT_VERSION,
+        "tokenizer": {
+            "source": source,
+            "identity": tok.identity(),
+            "kind": getattr(tok, "kind", type(tok).__name__),
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+        },
+    }
+    report: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
+    report["quality_reasons"] = dict.fromkeys(REASONS, 0)
+    with atomic_dir(out, what="shard folder") as tmp:
+        writers = {}
+        for split, part in parts.items():
+            writers[split] = w = SplitWriter(tmp, split, dtype, tok.vocab_size, shard_tokens)
+            if not part:
+                continue
+            ids = np.array(tok.encode_ordinary(part) + separator, dtype=dtype)
+            w.write(ids)
+            w.close()
+            n_bytes = len(part.encode("utf-8"))
+            report.update({f"documents_{split}": 1, f"tokens_{split}": int(ids.size)})
+            report["documents_read"] += 1
+            report["documents_kept"] += 1
+            report["bytes_read"] += n_bytes
+            report["bytes_kept"] += n_bytes
+        content = report["tokens_train"] + report["tokens_val"] - len(separator) * report["documents_kept"]
+        report["shards_train"], report["shards_val"] = len(writers["train"].shards), len(writers["val"].shards)
+        report["bytes_per_token"] = round(report["bytes_kept"] / content, 4) if content else None
+        manifest = {
+            **header,
+            "dtype": dtype.name,
+            "separator": separator,
+            "shards": {s: w.shards for s, w in writers.items()},
+            "settings": {
+                "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "val_fraction": val_fraction,
+                "val_rule": "last characters, from a line start",
+                "shard_tokens": shard_tokens,
+            },
+            "report": report,
+        }
+        tok.save(tmp / TOKENIZER_FILE)
+        atomic_write_text(tmp / shards.MANIFEST, json.dumps(manifest, indent=1) + "\n", what="manifest")
+    return manifest
+
+
+def shard_tokenizer(shard_dir: str | Path) -> Any:
+    """The tokenizer that made the shards in `shard_dir` (its `tokenizer.json`, checked against the manifest)."""
+    manifest = shards.read_manifest(shard_dir)
+    path = Path(shard_dir) / TOKENIZER_FILE
+    if path.is_file():
+        tok = tokenizers.load(path)
+    elif manifest["tokenizer"]["source"] in tokenizers.NAMED:
+        tok = tokenizers.load(manifest["tokenizer"]["source"])
+    else:
+        raise ScratchlmError(f"{shard_dir} has no {TOKENIZER_FILE}; prepare the folder again with this version")
+    if tok.identity() != manifest["tokenizer"]["identity"]:
+        raise ScratchlmError(
+            f"{path} does not match the tokenizer identity in {shard_dir}/manifest.json; prepare the folder again"
+        )
+    return tok
