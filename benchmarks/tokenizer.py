@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller inputs and a 10 s naive cap (smoke run)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--naive-cap", type=float, default=120.0, help="seconds the naive trainer may run")
+    ap.add_argument("--naive-cap", type=float, default=180.0, help="seconds the naive trainer may run")
     args = ap.parse_args()
     if args.quick:
         args.naive_cap, args.repeat = min(args.naive_cap, 10.0), 1
