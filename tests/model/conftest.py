@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-VOCAB = 50257  # GPT-2's vocabulary, so the GPT-2 tokenizer (from the data mirror) fits every model
+VOCAB = 320  # small, for speed; the byte-level tokenizer below (257 tokens) fits it
 
 
 def make_hf(kind: str):  # -> transformers.PreTrainedModel
@@ -56,3 +56,13 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory):
 def make_hf_model():
     """kind -> a fresh random HF model (eval mode)."""
     return make_hf
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a 257-token byte-level BPE tokenizer (no merges) that fits the small reference models."""
+    from scratchlm.tokenizer import GPT2_PATTERN, BPETokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "bytes.json"
+    BPETokenizer([bytes([i]) for i in range(256)], {"<|endoftext|>": 256}, GPT2_PATTERN, name="bytes").save(path)
+    return str(path)

@@ -17,7 +17,7 @@ KINDS = ["gpt2", "gpt2-untied", "llama", "llama-tied", "llama3-scaled"]  # llama
 
 
 def _ids(B: int = 2, T: int = 40, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 50257, (B, T), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 320, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 def _hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
@@ -27,8 +27,8 @@ def _hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_logits_equal_transformers(kind, hf_dir, tmp_path) -> None:
-    ours_dir = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer="gpt2")
+def test_logits_equal_transformers(kind, hf_dir, byte_tokenizer, tmp_path) -> None:
+    ours_dir = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
     model, _ = checkpoint.load(ours_dir)
     ids = _ids()
     ref = _hf_logits(hf_dir(kind), ids)
@@ -42,31 +42,32 @@ def test_logits_equal_transformers(kind, hf_dir, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_hf_to_ours_to_hf_same_logits_in_transformers(kind, hf_dir, tmp_path) -> None:
-    ours = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer="gpt2")
+def test_hf_to_ours_to_hf_same_logits_in_transformers(kind, hf_dir, byte_tokenizer, tmp_path) -> None:
+    ours = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
     back, _ = checkpoint.export_hf(ours, tmp_path / "back")
     ids = _ids(seed=1)
     torch.testing.assert_close(_hf_logits(back, ids), _hf_logits(hf_dir(kind), ids), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
-def test_ours_to_hf_to_ours_bitwise(preset, tmp_path) -> None:
+@pytest.mark.parametrize(("preset", "tied"), [("gpt2-tiny", True), ("llama-tiny", False), ("llama-tiny", True)])
+def test_ours_to_hf_to_ours_bitwise(preset, tied, byte_tokenizer, tmp_path) -> None:
     from scratchlm import tokenizer
     from scratchlm.model import ModelConfig
 
     torch.manual_seed(0)
-    config = ModelConfig.from_preset(preset, context_length=64)
-    for tied in (True, False):
-        model = GPT(config.replace(tie_embeddings=tied))
-        a = checkpoint.save(tmp_path / f"a{tied}", model, tokenizer.load("gpt2"))
-        hf, _ = checkpoint.export_hf(a, tmp_path / f"hf{tied}")
-        b = checkpoint.import_hf(hf, tmp_path / f"b{tied}")  # tokenizer from the exported vocab.json/merges.txt
-        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-        assert wa.keys() == wb.keys()
-        for k in wa:
-            assert torch.equal(wa[k], wb[k]), k
-        assert checkpoint.load_model_config(b) == checkpoint.load_model_config(a)
-        assert (b / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
+    # GPT-2 with GPT-2's tokenizer (exported as vocab.json + merges.txt); Llama with a small byte-level one
+    # (kept as scratchlm_tokenizer.json in the HF folder).
+    vocab, tok = (50257, tokenizer.load("gpt2")) if preset == "gpt2-tiny" else (320, tokenizer.load(byte_tokenizer))
+    config = ModelConfig.from_preset(preset, context_length=64, vocab_size=vocab, tie_embeddings=tied)
+    a = checkpoint.save(tmp_path / "a", GPT(config), tok)
+    hf, _ = checkpoint.export_hf(a, tmp_path / "hf")
+    b = checkpoint.import_hf(hf, tmp_path / "b")
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert checkpoint.load_model_config(b) == checkpoint.load_model_config(a)
+    assert (b / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
 
 
 def test_exported_gpt2_tokenizer_loads_in_autotokenizer(tmp_path) -> None:
@@ -97,9 +98,9 @@ def _greedy(model: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def test_greedy_32_tokens_equal_transformers_generate(hf_dir, tmp_path) -> None:
+def test_greedy_32_tokens_equal_transformers_generate(hf_dir, byte_tokenizer, tmp_path) -> None:
     folder = hf_dir("gpt2")
-    model, _ = checkpoint.load(checkpoint.import_hf(folder, tmp_path / "ours", tokenizer="gpt2"))
+    model, _ = checkpoint.load(checkpoint.import_hf(folder, tmp_path / "ours", tokenizer=byte_tokenizer))
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     prompt = _ids(B=1, T=7, seed=3)
     with torch.no_grad():
@@ -109,11 +110,11 @@ def test_greedy_32_tokens_equal_transformers_generate(hf_dir, tmp_path) -> None:
     assert got.tolist() == ref.tolist()
 
 
-def test_sharded_hf_folder(make_hf_model, tmp_path) -> None:
+def test_sharded_hf_folder(make_hf_model, byte_tokenizer, tmp_path) -> None:
     hf = make_hf_model("llama")
-    hf.save_pretrained(tmp_path / "hf", max_shard_size="2MB")
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
-    model, _ = checkpoint.load(checkpoint.import_hf(tmp_path / "hf", tmp_path / "ours", tokenizer="gpt2"))
+    model, _ = checkpoint.load(checkpoint.import_hf(tmp_path / "hf", tmp_path / "ours", tokenizer=byte_tokenizer))
     ids = _ids(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-4)
