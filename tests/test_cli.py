@@ -11,7 +11,7 @@ import pytest
 
 from scratchlm.cli.main import COMMANDS, main
 from scratchlm.cli.parsing import parse
-from scratchlm.errors import ScratchlmError
+from scratchlm.errors import ConfigError, ScratchlmError
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,6 +29,24 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_unknown_command_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@dataclass
+class _Checked:
+    n: int = 1
+    """Must be positive."""
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise ConfigError(f"n must be positive, got {self.n}; pass --n 1 or more")
+
+
+def test_config_error_from_post_init_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="n must be positive, got 0"):
+        parse(_Checked, ["--n", "0"], prog="t")
+    assert main(["tokenizer", "train", "--input", "x.txt", "--vocab-size", "100", "--out", "t.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
 
 
 @dataclass

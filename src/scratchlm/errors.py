@@ -11,5 +11,9 @@ class ScratchlmError(Exception):
     """A user-facing error: one line, names the problem and how to fix it."""
 
 
-class ConfigError(ScratchlmError, ValueError):
-    """An invalid configuration value (raised from dataclass `__post_init__`)."""
+class ConfigError(ScratchlmError):
+    """An invalid configuration value (raised from dataclass `__post_init__`).
+
+    Deliberately not a `ValueError`: tyro catches ValueErrors raised while it builds a dataclass and draws its own
+    multi-line box; a ConfigError passes through to the CLI's one-line handler instead.
+    """
