@@ -90,3 +90,33 @@ class TinyMode(Mode):
             if step in self.poison:
                 loss = loss * self.poison[step]  # a spike in the loss and in the gradient norm
         return loss, {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python tests/train/tiny.py --out DIR ...` (or under torchrun): a real process running the loop."""
+    import argparse
+    from pathlib import Path
+
+    from scratchlm.train.config import TrainConfig
+    from scratchlm.train.loop import train
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--global-batch-tokens", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--resume", default=None)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(
+        out=a.out, max_steps=a.max_steps, micro_batch_size=a.micro_batch_size, global_batch_tokens=a.global_batch_tokens,
+        save_every=a.save_every, resume=a.resume, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0, log_every=1,
+        progress=False, spike_window=0, device="cpu",
+    )
+    result = train(cfg, TinyMode(), tiny_model(dropout=a.dropout), tokenizer())
+    raise SystemExit(143 if result.stopped == "SIGTERM" else 0)
+
+
+if __name__ == "__main__":
+    main()

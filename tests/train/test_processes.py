@@ -1,0 +1,83 @@
+"""Real processes: a SIGTERM at a random step, then resume (== an uninterrupted run), and DDP under torchrun
+(2 processes at micro-batch b == 1 process accumulating 2 micro-batches of b)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = str(Path(__file__).with_name("tiny.py"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: bitwise-comparable runs
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+
+
+def weights(step_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(step_dir / "model.safetensors"))
+
+
+def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path) -> None:
+    steps = 60
+    args = ["--max-steps", str(steps), "--dropout", "0.1", "--global-batch-tokens", "128"]
+    straight = subprocess.run([sys.executable, TINY, "--out", str(tmp_path / "a"), *args], env=ENV,
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, TINY, "--out", str(run), *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err  # stopped by the signal, after saving
+    stopped_at = int((run / "latest").read_text().strip().split("_")[1])
+    assert 0 < stopped_at < steps
+    resumed = subprocess.run([sys.executable, TINY, "--out", str(run), "--resume", "auto", *args], env=ENV,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "a" / f"step_{steps:06d}"), weights(run / f"step_{steps:06d}")
+    assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after a SIGTERM at step {stopped_at}"
+    assert losses(tmp_path / "a") == losses(run)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
+    b, T, steps = 4, 16, 5
+    common = ["--max-steps", str(steps), "--micro-batch-size", str(b), "--global-batch-tokens", str(2 * b * T)]
+    one = subprocess.run([sys.executable, TINY, "--out", str(tmp_path / "one"), *common], env=ENV,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), TINY,
+         "--out", str(tmp_path / "two"), *common],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in l1] == [s for s, _ in l2] == list(range(1, steps + 1))
+    for (_, x), (_, y) in zip(l1, l2):
+        assert abs(x - y) <= 1e-6, (l1, l2)
+    w1, w2 = weights(tmp_path / "one" / f"step_{steps:06d}"), weights(tmp_path / "two" / f"step_{steps:06d}")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0)
+    state = json.loads((tmp_path / "two" / f"step_{steps:06d}" / "train_state" / "state.json").read_text())
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
