@@ -109,6 +109,44 @@ REGISTRY: dict[str, Asset] = {
             "instruction-data-with-preference.json",
             "The instruction data with chosen/rejected responses, for DPO",
         ),
+        # multiple-choice eval tasks (scratchlm.eval.tasks); checksums from HF datasets' download_checksums
+        Asset(
+            "hellaswag-val",
+            "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
+            "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
+            "hellaswag/hellaswag_val.jsonl",
+            "HellaSwag validation split, 10,042 items (eval task hellaswag)",
+        ),
+        Asset(
+            "hellaswag-train",
+            "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl",
+            "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d",
+            "hellaswag/hellaswag_train.jsonl",
+            "HellaSwag train split: the few-shot examples of eval task hellaswag",
+        ),
+        Asset(
+            "arc-easy-test",
+            "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip",
+            "ce32a0774b4beb1977d2c6b16dda5dd2b24fdc9c7f506882c452678676bd09be",
+            "arc/ARC-Easy-Test.jsonl",
+            "ARC-Easy test split, 2,376 items (eval task arc-easy; from the 680 MB release zip)",
+            member="ARC-V1-Feb2018-2/ARC-Easy/ARC-Easy-Test.jsonl",
+        ),
+        Asset(
+            "arc-challenge-test",
+            "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip",
+            "9fa8ffb3e3a1f88cb302d53dd95aae81e39209ad9bcf974376b319d8fd35717c",
+            "arc/ARC-Challenge-Test.jsonl",
+            "ARC-Challenge test split, 1,172 items (eval task arc-challenge; from the 680 MB release zip)",
+            member="ARC-V1-Feb2018-2/ARC-Challenge/ARC-Challenge-Test.jsonl",
+        ),
+        Asset(
+            "mmlu",
+            "https://people.eecs.berkeley.edu/~hendrycks/data.tar",
+            "bec563ba4bac1d6aaf04141cd7d1605d7a5ca833e38f994051e818489592989b",
+            "mmlu/data.tar",
+            "MMLU (Hendrycks et al.): 57 subjects, dev/val/test CSVs in one 166 MB tar (eval task mmlu)",
+        ),
     ]
 }
 
