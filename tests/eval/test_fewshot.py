@@ -224,3 +224,37 @@ def test_mmlu_native_format(tmp_path: Path) -> None:
     assert len(dev_items["anatomy"]) == 5
     with pytest.raises(ScratchlmError, match="answer letter"):
         mmlu_items([["q", "a", "b", "c", "d", "E"]], "x")
+
+
+def test_named_tasks_through_the_asset_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--task hellaswag|arc-easy|mmlu` read their registered assets (here: a fake mirror of hand-made samples)."""
+    import dataclasses
+    import hashlib
+
+    from scratchlm import assets
+
+    files = {
+        "hellaswag-val": json.dumps(HELLASWAG_LINE) + "\n",
+        "hellaswag-train": json.dumps(WIKIHOW_LINE) + "\n" + json.dumps(HELLASWAG_LINE) + "\n",
+        "arc-easy-test": json.dumps({"id": "1", "question": {"stem": "Q?", "choices": [
+            {"text": "yes", "label": "A"}, {"text": "no", "label": "B"}]}, "answerKey": "B"}) + "\n",
+    }
+    for name, text in files.items():
+        asset = assets.REGISTRY[name]
+        (tmp_path / asset.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / asset.path).write_text(text)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        monkeypatch.setitem(assets.REGISTRY, name, dataclasses.replace(asset, sha256=sha))
+    tar = _tar_with(tmp_path, {"data/test/virology_test.csv": "q,a,b,c,d,B\n", "data/dev/virology_dev.csv": "d,a,b,c,d,A\n"})
+    (tmp_path / "mmlu").mkdir()
+    tar.rename(tmp_path / assets.REGISTRY["mmlu"].path)
+    sha = hashlib.sha256((tmp_path / assets.REGISTRY["mmlu"].path).read_bytes()).hexdigest()
+    monkeypatch.setitem(assets.REGISTRY, "mmlu", dataclasses.replace(assets.REGISTRY["mmlu"], sha256=sha))
+    monkeypatch.setenv("SCRATCHLM_MIRROR", str(tmp_path))
+
+    hs = load_task("hellaswag")
+    assert len(hs.items) == 1 and hs.pool is not None and len(hs.pool) == 2  # shots from the train split
+    arc = load_task("arc-easy")
+    assert arc.items[0].label == 1 and arc.pool is None  # shots from the other test items
+    mmlu = load_task("mmlu")
+    assert mmlu.items[0].label == 1 and mmlu.item_pools is not None and mmlu.item_pools[0][0].context.startswith("d\nA.")
