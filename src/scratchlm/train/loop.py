@@ -249,9 +249,6 @@ class Trainer:
                 f"run folder {self.out} already has checkpoints ({step_dirs(self.out)[-1].name}); "
                 "pass --resume auto to continue it, or choose another --out"
             )
-        if self.main:
-            ensure_writable_dir(self.out, "run")
-
         # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device
         self.module = mode.setup(model, tokenizer).to(self.device)
         base_config = getattr(model, "config", None)
@@ -269,6 +266,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience)
         self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
+        mode.val_batches(cfg.micro_batch_size)  # a val split too small for one batch fails now, not at step 250
+        if self.main:  # every input is checked: only now is the run folder created
+            ensure_writable_dir(self.out, "run")
 
         self.step = 0
         self.tokens = 0

@@ -60,6 +60,15 @@ class PretrainMode(Mode):
         return self._context_length
 
     def setup(self, model: nn.Module, tokenizer: Any) -> nn.Module:
+        from scratchlm.data import read_manifest
+
+        made_by = read_manifest(self.shard_dir)["tokenizer"]
+        if tokenizer is not None and tokenizer.identity() != made_by["identity"]:
+            raise ScratchlmError(
+                f"the shards in {self.shard_dir} were made by another tokenizer ({made_by.get('source')}, "
+                f"{made_by['vocab_size']} tokens) than the model's ({tokenizer.vocab_size} tokens); "
+                "prepare the data with the model's tokenizer"
+            )
         config = getattr(model, "config", None)
         if config is not None and tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
             raise ScratchlmError(
