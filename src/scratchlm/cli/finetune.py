@@ -1,0 +1,327 @@
+"""`scratchlm finetune classify|sft|dpo`, `scratchlm classify`, `scratchlm lora merge`.
+
+Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
+`--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora-rank`, ...). The command loads the
+starting checkpoint, builds the mode and hands both to `scratchlm.train.train`: there is no other loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+from scratchlm.cli.parsing import parse
+from scratchlm.dataclass_io import to_dict
+from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.train.config import TrainConfig
+
+
+def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+@dataclass
+class _FinetuneBase(TrainConfig):
+    """Settings shared by every finetuning mode: the starting checkpoint, the data, LoRA, and the loop's flags."""
+
+    checkpoint: Path | None = None
+    """Starting checkpoint (step or run folder): pretrained, imported from HF, or finetuned before."""
+    data: Path | None = None
+    """Training data file."""
+    max_length: int = 256
+    """Longest example in tokens (longer ones are truncated); at most the model's context length."""
+    val_fraction: float = 0.1
+    """Fraction of the data held out for validation."""
+    lora_rank: int = 0
+    """LoRA rank r (0: no LoRA, the selected weights train directly)."""
+    lora_alpha: float = 16.0
+    """LoRA scale: updates are multiplied by alpha / rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' inputs."""
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
+    """Layers that get adapters, comma-separated: q,k,v,o,mlp (or module names such as lm_head)."""
+
+    # the loop's defaults, tuned for finetuning rather than pretraining
+    out: Path = Path("runs/finetune")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, config.yaml."""
+    micro_batch_size: int = 8
+    """Examples per forward/backward pass on one process."""
+    max_steps: int | None = 300
+    """Stop after this many optimizer steps (None: no step limit)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of warm-up."""
+    min_lr: float = 1e-5
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps from 0 to --lr."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay on matrices."""
+    eval_every: int = 50
+    """Evaluate on the validation split every N steps and at the end (0: only at the end)."""
+    save_every: int = 100
+    """Save a checkpoint every N steps (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.lora_targets = _split_commas(self.lora_targets)
+        if self.checkpoint is None:
+            raise ConfigError("--checkpoint is required: the folder of the model to finetune")
+        if self.data is None:
+            raise ConfigError("--data is required: the training data file")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length must be at least 2, got {self.max_length}")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+    def lora_config(self) -> Any:
+        from scratchlm.model.lora import LoRAConfig
+
+        if self.lora_rank == 0:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+
+
+@dataclass
+class ClassifyConfig(_FinetuneBase):
+    """Finetune a text classifier: a head on the last token's hidden state, trained on labelled texts."""
+
+    text_field: str = "text"
+    """Column (CSV/TSV header, JSONL key) holding the text."""
+    label_field: str = "label"
+    """Column holding the label."""
+    columns: tuple[str, ...] = ()
+    """Column names for a CSV/TSV WITHOUT a header row, comma-separated (the SMS spam file: label,text)."""
+    test_fraction: float = 0.2
+    """Fraction of the data held out for the final test report."""
+    balance: str = "none"
+    """Class balancing of the training split: none, undersample (to the rarest class) or weight (in the loss)."""
+    train: str = "last"
+    """What trains: head (the head only), last (the last --last-k blocks + final norm + head) or all."""
+    last_k: int = 1
+    """Blocks trained with --train last."""
+    out: Path = Path("runs/classify")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, report.json."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.columns = _split_commas(self.columns)
+
+
+@dataclass
+class SFTConfig(_FinetuneBase):
+    """Instruction-tune a model on Alpaca JSON or chat JSONL, with a chat template stored in the checkpoint."""
+
+    template: str = "auto"
+    """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
+    mask_prompt: bool = True
+    """Learn only the responses (false: learn the prompts too)."""
+    pack: bool = False
+    """Pack several examples into each row of --max-length tokens (no padding; loss never crosses examples)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    max_length: int = 512
+    """Longest example in tokens (longer ones are truncated); at most the model's context length."""
+    val_fraction: float = 0.05
+    """Fraction of the data held out for validation."""
+    out: Path = Path("runs/sft")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png."""
+
+
+@dataclass
+class DPOConfig(_FinetuneBase):
+    """Preference-tune a model with DPO on chosen/rejected answer pairs."""
+
+    beta: float = 0.1
+    """DPO temperature: how far the policy may move from the reference (larger: stays closer)."""
+    template: str = "auto"
+    """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
+    drop_equal_pairs: bool = False
+    """Skip pairs whose chosen answer equals the rejected one (by default they are an error)."""
+    max_length: int = 512
+    """Longest prompt + answer in tokens (longer ones are truncated)."""
+    val_fraction: float = 0.05
+    """Fraction of the pairs held out for validation."""
+    lr: float = 5e-6
+    """Peak learning rate (DPO wants a small one)."""
+    min_lr: float = 5e-7
+    """Learning rate at the end of the decay."""
+    out: Path = Path("runs/dpo")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png."""
+
+
+# ---- finetune commands --------------------------------------------------------------------------------------------
+
+
+def _start(cfg: _FinetuneBase) -> tuple[Any, Any, dict[str, Any]]:
+    """Seed, then load the starting model (adapters merged in), its tokenizer and config.json."""
+    from scratchlm import checkpoint
+    from scratchlm import tokenizer as tokenizers
+    from scratchlm.train.loop import seed_everything
+    from scratchlm.train.modes.finetune import load_plain_model
+
+    assert cfg.checkpoint is not None
+    step = checkpoint.resolve(cfg.checkpoint)
+    config = checkpoint.load_config(step)
+    seed_everything(cfg.seed)
+    if "classifier" in config:
+        raise ScratchlmError(f"--checkpoint {step} is a classifier; finetune from a language-model checkpoint")
+    model = load_plain_model(step)
+    tokenizer = tokenizers.load(step / checkpoint.TOKENIZER_FILE)
+    if cfg.max_length > model.config.context_length:
+        raise ScratchlmError(
+            f"--max-length {cfg.max_length} exceeds the model's context length {model.config.context_length}; "
+            "lower it"
+        )
+    return model, tokenizer, config
+
+
+def _template(name: str, config: dict[str, Any]) -> Any:
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    if name == "auto":
+        section = config.get("chat_template")
+        return ChatTemplate.from_config(section) if section else ChatTemplate.named("chatml")
+    return ChatTemplate.named(name)
+
+
+def classify(argv: list[str], prog: str) -> int:
+    from scratchlm.data.finetune import load_classification
+    from scratchlm.eval.classify import classification_report, format_report, predict_batches
+    from scratchlm.fs import atomic_write_text
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.classify import ClassifyMode
+    from scratchlm.train.modes.finetune import load_finetuned
+
+    cfg = parse(ClassifyConfig, argv, prog)
+    model, tokenizer, _ = _start(cfg)
+    data = load_classification(
+        cfg.data, tokenizer, cfg.text_field, cfg.label_field, cfg.columns or None, cfg.max_length,
+        cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed,
+    )
+    pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+    mode = ClassifyMode(data, pad_id, cfg.max_length, cfg.train, cfg.last_k, cfg.lora_config(), cfg.checkpoint)
+    result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
+    if result.checkpoint is None:
+        return 0
+    module, _, _ = load_finetuned(result.checkpoint)
+    reports = {}
+    for split, examples in (("val", data.val), ("test", data.test)):
+        if examples:
+            batches = [mode._collate(list(examples[s : s + 64])) for s in range(0, len(examples), 64)]
+            y_true, y_pred, _ = predict_batches(module, batches)
+            reports[split] = classification_report(y_true, y_pred, data.labels)
+            print(format_report(reports[split], split))
+    report_path = Path(cfg.out) / "report.json"
+    atomic_write_text(report_path, json.dumps({"checkpoint": str(result.checkpoint), **reports}, indent=1) + "\n")
+    print(f"report: {report_path}")
+    return 0
+
+
+def sft(argv: list[str], prog: str) -> int:
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.sft import SFTMode
+
+    cfg = parse(SFTConfig, argv, prog)
+    model, tokenizer, config = _start(cfg)
+    mode = SFTMode(
+        cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
+        cfg.val_fraction, cfg.seed, cfg.lora_config(), cfg.checkpoint,
+    )
+    train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
+    return 0
+
+
+def dpo(argv: list[str], prog: str) -> int:
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.dpo import DPOMode
+
+    cfg = parse(DPOConfig, argv, prog)
+    model, tokenizer, config = _start(cfg)
+    mode = DPOMode(
+        cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
+        cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
+    )
+    train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
+    return 0
+
+
+# ---- scratchlm classify -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictConfig:
+    """Classify texts with a finetuned classifier; prints `label<TAB>probability` per text."""
+
+    texts: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Texts to classify."""
+    checkpoint: Path | None = None
+    """Classifier checkpoint (made by `scratchlm finetune classify`)."""
+    file: Path | None = None
+    """Also classify each line of this file."""
+    device: str = "cpu"
+    """cpu, cuda or mps."""
+
+
+def predict(argv: list[str], prog: str) -> int:
+    from scratchlm.train.modes.classify import classify_texts
+    from scratchlm.train.modes.finetune import load_finetuned
+
+    cfg = parse(PredictConfig, argv, prog)
+    if cfg.checkpoint is None:
+        raise ScratchlmError("--checkpoint is required: a folder written by `scratchlm finetune classify`")
+    texts = list(cfg.texts)
+    if cfg.file is not None:
+        if not cfg.file.is_file():
+            raise ScratchlmError(f"--file {cfg.file} does not exist; pass a text file with one text per line")
+        texts += [line for line in cfg.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ScratchlmError('give at least one text: scratchlm classify --checkpoint DIR "some text"')
+    module, tokenizer, config = load_finetuned(cfg.checkpoint, cfg.device)
+    if "classifier" not in config:
+        raise ScratchlmError(f"{cfg.checkpoint} is not a classifier checkpoint; make one with `finetune classify`")
+    for s in range(0, len(texts), 64):
+        for label, p in classify_texts(module, tokenizer, texts[s : s + 64], config["classifier"], cfg.device):
+            print(f"{label}\t{p:.4f}")
+    return 0
+
+
+# ---- scratchlm lora merge -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MergeConfig:
+    """Fold a LoRA checkpoint's adapters into its base weights: a plain checkpoint any command (and HF export) reads."""
+
+    checkpoint: Path | None = None
+    """Adapter-only checkpoint (step or run folder) made with --lora-rank."""
+    out: Path | None = None
+    """Folder for the merged checkpoint."""
+
+
+def lora_merge(argv: list[str], prog: str) -> int:
+    from scratchlm import checkpoint
+    from scratchlm.model.lora import merge_lora
+    from scratchlm.train.modes.finetune import ADAPTER_FILE, base_model_of, load_finetuned, save_finetuned
+
+    cfg = parse(MergeConfig, argv, prog)
+    if cfg.checkpoint is None or cfg.out is None:
+        raise ScratchlmError("--checkpoint (the LoRA checkpoint) and --out (the merged folder) are both required")
+    step = checkpoint.resolve(cfg.checkpoint)
+    if not (step / ADAPTER_FILE).is_file():
+        raise ScratchlmError(f"{step} has no {ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
+    module, tokenizer, config = load_finetuned(step)
+    merge_lora(base_model_of(module))
+    reserved = ("format_version", "scratchlm_version", "model", "lora")
+    extra = {k: v for k, v in config.items() if k not in reserved}
+    extra["merged_from"] = {"adapters": str(step.resolve()), "base": config["lora"]["base"]}
+    save_finetuned(cfg.out, module, tokenizer, extra)
+    print(f"merged {step} into {cfg.out}")
+    return 0

@@ -1,0 +1,62 @@
+"""Fixtures for the finetuning tests: one thread (tiny models run fastest so on a shared CPU) and a tiny base
+checkpoint with GPT-2's tokenizer, built once per session."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm import checkpoint
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.tokenizer import BPETokenizer
+
+MIRROR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _gpt2_tokenizer() -> BPETokenizer:
+    import os
+
+    mirror = Path(os.environ.get("SCRATCHLM_MIRROR") or MIRROR)
+    return BPETokenizer.from_gpt2_files(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe", name="gpt2")
+
+
+TINY = dict(vocab_size=50257, context_length=256, n_layer=2, n_head=4, d_model=64, d_ff=256)
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    """A fresh random tiny GPT-2-shaped model (seed 0)."""
+    torch.manual_seed(0)
+    return GPT(ModelConfig(**TINY))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised GPT-2-shaped tiny model (2 layers, width 64) with GPT-2's tokenizer."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "ckpt"
+    checkpoint.save(path, GPT(ModelConfig(**TINY)), _gpt2_tokenizer())  # type: ignore[arg-type]
+    return path
+
+
+@pytest.fixture
+def metrics() -> object:
+    """metrics(run_dir, kind="train") -> the run's metrics.jsonl records of that kind."""
+
+    def read(run: Path, kind: str = "train") -> list[dict]:
+        lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+        return [r for line in lines if (r := json.loads(line))["kind"] == kind]
+
+    return read
