@@ -1,0 +1,66 @@
+"""`scratchlm convert from-hf` and `scratchlm convert to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from scratchlm.cli.parsing import parse
+from scratchlm.errors import ScratchlmError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class FromHFCommand:
+    """Convert a Hugging Face GPT2LMHeadModel or LlamaForCausalLM folder (config.json + safetensors, sharded or
+    not) into a scratchlm checkpoint folder. Needs only safetensors, not transformers."""
+
+    hf_dir: tyro.conf.Positional[Path]
+    """The Hugging Face model folder (e.g. a `huggingface-cli download gpt2` snapshot)."""
+    out: tyro.conf.Positional[Path]
+    """The checkpoint folder to write."""
+    tokenizer: str | None = None
+    """gpt2 or a scratchlm tokenizer JSON file; default: the folder's GPT-2-format vocab.json + merges.txt."""
+    dtype: str = "auto"
+    """Store the weights as: auto (as in the folder), float32, bfloat16 or float16."""
+
+
+@dataclass
+class ToHFCommand:
+    """Convert a scratchlm checkpoint into a Hugging Face folder that AutoModelForCausalLM (and, for GPT-2's
+    tokenizer, AutoTokenizer) load."""
+
+    checkpoint: tyro.conf.Positional[Path]
+    """A checkpoint folder (step or run folder)."""
+    out: tyro.conf.Positional[Path]
+    """The Hugging Face folder to write."""
+
+
+def from_hf(argv: list[str], prog: str) -> int:
+    cfg = parse(FromHFCommand, argv, prog)
+    if cfg.dtype not in DTYPES:
+        raise ScratchlmError(f"--dtype {cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    import torch
+
+    from scratchlm import checkpoint
+
+    dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    out = checkpoint.import_hf(cfg.hf_dir, cfg.out, tokenizer=cfg.tokenizer, dtype=dtype)
+    config = checkpoint.load_model_config(out)
+    arch = checkpoint.load_config(out)["hf_source"]["architecture"]
+    print(f"wrote checkpoint {out} ({arch}: {config.n_layer} layers, d_model {config.d_model})")
+    return 0
+
+
+def to_hf(argv: list[str], prog: str) -> int:
+    cfg = parse(ToHFCommand, argv, prog)
+    from scratchlm import checkpoint
+
+    out, notes = checkpoint.export_hf(cfg.checkpoint, cfg.out)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote Hugging Face folder {out}")
+    return 0

@@ -1,0 +1,109 @@
+"""`scratchlm model info`: parameters, FLOPs and memory of a model config (a preset or a checkpoint's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from scratchlm.cli.parsing import parse
+from scratchlm.errors import ScratchlmError
+
+
+@dataclass
+class InfoCommand:
+    """Parameters, training FLOPs/token, memory (weights, gradients, AdamW, activations) and KV-cache size of a
+    model config, computed from the config alone (nothing is built or allocated)."""
+
+    preset: str | None = None
+    """A model preset, e.g. gpt2, gpt2-xl, llama-3.2-1b (see presets/model/)."""
+    checkpoint: Path | None = None
+    """A checkpoint folder (step or run folder): its config.json's model."""
+    set: tuple[str, ...] = ()
+    """Override model fields: --set n_layer=6 d_model=384 (the ModelConfig field names)."""
+    batch: int = 1
+    """Batch size (sequences) for the activation memory."""
+    context: int | None = None
+    """Sequence length for FLOPs and activations (default: the model's context_length)."""
+    precision: str = "fp32"
+    """fp32, or bf16/fp16 (mixed precision: fp32 weights, grads and AdamW; 16-bit activations and KV cache)."""
+
+
+def info(argv: list[str], prog: str) -> int:
+    from scratchlm.dataclass_io import from_dict
+    from scratchlm.model import ModelConfig
+    from scratchlm.model.config import load_preset_dict
+    from scratchlm.model.sizing import PRECISIONS, size
+
+    cfg = parse(InfoCommand, argv, prog)
+    if (cfg.preset is None) == (cfg.checkpoint is None):
+        raise ScratchlmError("name one model: --preset NAME (e.g. gpt2) or --checkpoint DIR")
+    if cfg.precision not in PRECISIONS:
+        raise ScratchlmError(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if cfg.batch < 1 or (cfg.context is not None and cfg.context < 1):
+        raise ScratchlmError("--batch and --context must be positive integers")
+    if cfg.preset is not None:
+        fields, source = load_preset_dict(cfg.preset), f"preset {cfg.preset}"
+    else:
+        from scratchlm import checkpoint
+
+        fields, source = checkpoint.load_config(cfg.checkpoint)["model"], f"checkpoint {cfg.checkpoint}"
+    fields.update(_overrides(cfg.set))
+    config = from_dict(ModelConfig, fields, where=source)
+    s = size(config, batch=cfg.batch, context=cfg.context, precision=cfg.precision)
+    print(format_info(s, source))
+    return 0
+
+
+def _overrides(items: tuple[str, ...]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ScratchlmError(f"--set {item!r} is not FIELD=VALUE; e.g. --set n_layer=6")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def format_info(s, source: str) -> str:  # s: scratchlm.model.sizing.Sizing
+    c = s.config
+    gqa = f", {c.n_kv_head} KV heads" if c.n_kv_head != c.n_head else ""
+    rows = [
+        ("model", f"{source}: {c.n_layer} layers, d_model {c.d_model}, {c.n_head} heads{gqa}, d_ff {c.d_ff}, "
+                  f"vocab {c.vocab_size}, {c.norm}/{c.mlp}/{c.positions}, "
+                  f"{'tied' if c.tie_embeddings else 'untied'} head"),
+        ("parameters", f"{s.params.total:,} ({_si(s.params.total)})"),
+        ("  without embeddings", f"{s.params.non_embedding:,} ({_si(s.params.non_embedding)})"),
+        ("training FLOPs/token", f"{_si(s.train_flops_per_token)}FLOP at context {s.context} "
+                                 f"(forward {_si(s.forward_flops_per_token)}FLOP)"),
+        (f"memory, batch {s.batch} x {s.context}, {s.precision}", ""),
+        ("  weights", _bytes(s.weights_bytes)),
+        ("  gradients", _bytes(s.grads_bytes)),
+        ("  AdamW states", _bytes(s.adamw_bytes)),
+        ("  activations", f"{_bytes(s.activations_bytes)} ({c.attn_impl} attention)"),
+        ("  activations, checkpointed", _bytes(s.activations_checkpointed_bytes)),
+        ("  total for training", f"{_bytes(s.train_bytes)} "
+                                 f"({_bytes(s.train_bytes - s.activations_bytes + s.activations_checkpointed_bytes)}"
+                                 " with activation checkpointing)"),
+        ("KV cache", f"{_bytes(s.kv_cache_bytes_per_token)}/token "
+                     f"({_bytes(s.kv_cache_bytes_per_token * c.context_length)} per {c.context_length}-token sequence)"),
+        ("Chinchilla-optimal", f"{_si(s.chinchilla_tokens)} tokens (20/parameter), "
+                               f"{s.chinchilla_flops:.2e} training FLOPs"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in rows)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:g} "
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"

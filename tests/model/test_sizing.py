@@ -1,0 +1,101 @@
+"""`scratchlm.model.sizing` formulas against counts taken from built models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from scratchlm.model import GPT, ModelConfig, sizing
+
+CONFIGS = {
+    "gpt2-tiny": {},
+    "llama-tiny": {},
+    "gpt2-tiny-untied-nobias": {"tie_embeddings": False, "bias": False},
+    "llama-tiny-mha-tied": {"n_kv_head": 4, "tie_embeddings": True, "bias": True},
+}
+
+
+def _config(name: str, **kw) -> ModelConfig:
+    return ModelConfig.from_preset(name.split("-")[0] + "-tiny", vocab_size=300, context_length=64,
+                                   **{**CONFIGS[name], **kw})
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_parameter_counts_exact(name) -> None:
+    config = _config(name)
+    model = GPT(config)
+    counts = sizing.param_counts(config)
+    assert counts.total == model.num_params()
+    assert counts.non_embedding == model.num_params(non_embedding=True)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "gpt2-xl", "tinyllama-1.1b", "llama-3.2-1b"])
+def test_parameter_counts_of_big_presets_on_meta(preset) -> None:
+    config = ModelConfig.from_preset(preset)
+    with torch.device("meta"):
+        assert sizing.param_counts(config).total == GPT(config).num_params()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_flops_formula_equals_counted_matmul_flops(name) -> None:
+    """Forward + backward of the manual path (full T x T attention matmuls) counted by torch's FlopCounterMode."""
+    config = _config(name, attn_impl="manual")
+    model = GPT(config)
+    B, T = 2, 32
+    ids = torch.randint(0, 300, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        model(ids).sum().backward()
+    assert counter.get_total_flops() == B * T * sizing.train_flops_per_token(config, T)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(ids)
+    assert counter.get_total_flops() == B * T * sizing.forward_flops_per_token(config, T)
+
+
+def test_gpt2_flops_match_the_6n_rule() -> None:
+    s = sizing.size(ModelConfig.from_preset("gpt2"), batch=1, context=1024)
+    matmul = 85_056_000 - 12 * (4 * 768 + 3072 + 768 + 4 * 768) - 2 * 768 + 50257 * 768  # weights only + head
+    assert s.train_flops_per_token == 6 * matmul + 12 * 12 * 768 * 1024
+    assert s.chinchilla_tokens == 20 * 124_439_808
+
+
+def test_weight_grad_adamw_bytes_equal_the_tensors() -> None:
+    config = _config("llama-tiny")
+    model = GPT(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 300, (1, 8))).sum().backward()
+    opt.step()
+    s = sizing.size(config, precision="fp32")
+    params = list(model.parameters())
+    assert s.weights_bytes == sum(p.numel() * p.element_size() for p in params)
+    assert s.grads_bytes == sum(p.grad.numel() * p.grad.element_size() for p in params)
+    moments = [t for st in opt.state.values() for k, t in st.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert s.adamw_bytes == sum(t.numel() * t.element_size() for t in moments)
+    assert s.kv_cache_bytes_per_token == 2 * config.n_layer * config.n_kv_head * config.head_dim * 4
+
+
+def _saved_activation_bytes(model: GPT, B: int, T: int, checkpointed: bool = False) -> int:
+    """Bytes of the distinct non-parameter tensors autograd saves in forward + cross-entropy."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and t.is_floating_point():
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    ids, targets = torch.randint(0, model.config.vocab_size, (2, B, T))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
+    return sum(seen.values()) - loss.untyped_storage().nbytes()  # (the scalar loss itself is saved once)
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+def test_activation_bytes_equal_saved_tensors(name, impl) -> None:
+    config = _config(name, attn_impl=impl)
+    B, T = 2, 32
+    expected = sizing.size(config, batch=B, context=T).activations_bytes
+    assert _saved_activation_bytes(GPT(config), B, T) == expected
