@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -139,11 +140,18 @@ def run_pretrain(cmd: PretrainCommand) -> int:
     from scratchlm.data import shard_tokenizer
     from scratchlm.model import GPT
     from scratchlm.train.distributed import print0
-    from scratchlm.train.loop import seed_everything, train
+    from scratchlm.train.loop import gradient_accumulation, seed_everything, train
     from scratchlm.train.modes.pretrain import PretrainMode
 
     model_config = resolve_model_config(cmd)
     train_cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
+    # settings that can be checked without data are checked before anything is written
+    gradient_accumulation(train_cfg, model_config.context_length, int(os.environ.get("WORLD_SIZE", "1")))
+    if cmd.data is None and model_config.vocab_size > 256:
+        raise ScratchlmError(
+            f"model preset {cmd.model_preset!r} (vocab_size {model_config.vocab_size}) needs --data: shards made "
+            "with its tokenizer by `scratchlm data prepare`; the embedded corpus is for char-level models"
+        )
     if cmd.data is None:
         if _is_rank0():
             prepare_embedded_corpus(cmd.out)
@@ -176,8 +184,6 @@ def run_pretrain(cmd: PretrainCommand) -> int:
 
 
 def _is_rank0() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
