@@ -59,3 +59,22 @@ def gpt2_tokenizer(mirror):  # noqa: ANN001, ANN201
     from scratchlm import tokenizer
 
     return tokenizer.load("gpt2")  # the autouse fixture points SCRATCHLM_MIRROR at the data mirror
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A run folder (`latest` -> step_000001): a random tiny GPT (context 128) with GPT-2's tokenizer."""
+    import os
+    from pathlib import Path
+
+    from scratchlm import checkpoint, tokenizer
+
+    mirror = Path(os.environ.get("SCRATCHLM_MIRROR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCRATCHLM_MIRROR", str(mirror.resolve()))
+        mp.setenv("SCRATCHLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        tok = tokenizer.load("gpt2")
+    model = _tiny_gpt("gpt2", vocab_size=tok.vocab_size, context_length=128)
+    run = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save_step(run, 1, model, tok)
+    return run

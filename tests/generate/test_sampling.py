@@ -30,7 +30,9 @@ def _logits_for(probs: list[float]) -> torch.Tensor:
 
 
 def test_top_k_keeps_the_k_largest_per_row() -> None:
+    """(A tie with the k-th value is kept: the first assertion.)"""
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0], [9.0, 0.0, 1.0, 2.0]])
+    assert torch.isfinite(top_k_filter(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), 1)).tolist() == [[False, True, True, False]]
     out = top_k_filter(logits, 2)
     assert out.tolist() == [[-INF, 5.0, -INF, 4.0], [9.0, -INF, -INF, 2.0]]
     # per-row k, and 0 = keep all
@@ -44,7 +46,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert kept(0.5) == [False, True, False, False]  # 0.5 alone reaches 0.5
     assert kept(0.6) == [False, True, True, False]  # 0.5 < 0.6 <= 0.8
     assert kept(0.8) == [False, True, True, False]  # exactly 0.8: no third token needed
-    assert kept(0.81)[1:3] == [True, True] and sum(kept(0.81)) == 3  # one of the 0.1s joins
+    assert kept(0.81) == [True, True, True, True]  # a 0.1 joins, and the other 0.1 ties with it
     assert kept(0.01) == [False, True, False, False]  # the top token is always kept
     assert kept(1.0) == [True, True, True, True]
 
@@ -53,6 +55,24 @@ def test_top_p_per_row() -> None:
     logits = torch.cat([_logits_for([0.6, 0.3, 0.1]), _logits_for([0.6, 0.3, 0.1])])
     out = top_p_filter(logits, torch.tensor([0.5, 0.95]))
     assert torch.isfinite(out).tolist() == [[True, False, False], [True, True, True]]
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9, 0.999])
+def test_top_p_candidate_shortcut_equals_a_plain_loop(p: float) -> None:
+    """The topk shortcut and the full-sort fallback both equal a loop over the sorted probabilities."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1000) * torch.tensor([[0.5], [3.0], [8.0]])  # flat, medium, peaked rows
+    expected = torch.zeros(3, 1000, dtype=torch.bool)
+    for b in range(3):
+        probs = logits[b].double().softmax(-1)
+        mass = 0.0
+        for i in probs.argsort(descending=True).tolist():
+            if mass >= p - 1e-6:
+                break
+            expected[b, i] = True
+            mass += probs[i].item()
+    for candidates in (1000, 256, 4):
+        assert torch.equal(torch.isfinite(top_p_filter(logits, p, candidates=candidates)), expected)
 
 
 def test_min_p_drops_tokens_below_a_fraction_of_the_best() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,35 +70,53 @@ def apply_temperature(logits: Tensor, temperature: float | Tensor) -> Tensor:
 
 
 def top_k_filter(logits: Tensor, k: int | Tensor) -> Tensor:
-    """Keep the k highest logits of each row (k <= 0 keeps all). Ties at the k-th value are broken by index."""
+    """Keep the k highest logits of each row (k <= 0 keeps all); a tie with the k-th value is kept too.
+
+    `topk` with the largest k of the batch, not a full sort: a full sort of 50k logits costs ~100x more.
+    """
     B, V = logits.shape
     k_row = (k.to(logits.device).reshape(-1) if isinstance(k, Tensor) else torch.full((B,), int(k))).long()
     k_row = torch.where((k_row <= 0) | (k_row > V), torch.full_like(k_row, V), k_row).to(logits.device)
     if bool((k_row >= V).all()):
         return logits
-    _, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    rank = torch.arange(V, device=logits.device).expand(B, V)
-    remove_sorted = rank >= k_row[:, None]
-    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, NEG_INF)
+    top = logits.topk(int(k_row.max()), dim=-1).values  # (B, k_max), descending
+    kth = top.gather(-1, (k_row.clamp(max=top.shape[-1]) - 1)[:, None])  # (B, 1): each row's k-th value
+    kth = torch.where(k_row[:, None] >= V, torch.full_like(kth, NEG_INF), kth)
+    return logits.masked_fill(logits < kth, NEG_INF)
 
 
-def top_p_filter(logits: Tensor, p: float | Tensor) -> Tensor:
+def top_p_filter(logits: Tensor, p: float | Tensor, candidates: int = 256) -> Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose total probability is >= p.
 
     A token is dropped when the tokens ranked above it already hold mass >= p, so the most likely token is
     always kept and the set is the smallest one reaching p. p >= 1 keeps everything. Cumulative sums in float32
     are off by ~1e-7 (0.5 + 0.3 -> 0.79999995), hence the small tolerance: a set reaching p within it counts.
+
+    Speed: the nucleus of a trained model is usually a few dozen tokens, so the `candidates` most likely are
+    ranked first (`topk`); only when they do not reach p in some row is the whole vocabulary sorted.
     """
     p_row = _per_row(p, logits)
     if bool((p_row >= 1).all()):
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = (mass_before >= p_row - 1e-6) & (p_row < 1)
-    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, NEG_INF)
+    B, V = logits.shape
+    probs = logits.float().softmax(dim=-1)
+    m = min(candidates, V)
+    top_probs, order = probs.topk(m, dim=-1)  # (B, m), descending
+    if m < V and bool((top_probs.sum(-1, keepdim=True) < p_row).any()):
+        top_probs, order = _sort_descending(probs)  # (B, V)
+    mass_before = top_probs.cumsum(dim=-1) - top_probs
+    n_keep = (mass_before < p_row - 1e-6).sum(dim=-1, keepdim=True).clamp(min=1)  # (B, 1), a prefix by construction
+    threshold = top_probs.gather(-1, n_keep - 1)  # (B, 1): the least likely kept probability
+    threshold = torch.where(p_row >= 1, torch.zeros_like(threshold), threshold)
+    return logits.masked_fill(probs < threshold, NEG_INF)  # a tie with the last kept token is kept too
+
+
+def _sort_descending(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`x.sort(descending=True)`; on CPU through numpy, whose argsort of 50k floats is ~15x faster than torch's."""
+    if x.device.type != "cpu":
+        return x.sort(dim=-1, descending=True)
+    order = torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
+    return x.gather(-1, order), order
 
 
 def min_p_filter(logits: Tensor, min_p: float | Tensor) -> Tensor:
@@ -116,14 +135,18 @@ def min_p_filter(logits: Tensor, min_p: float | Tensor) -> Tensor:
 def draw(logits: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor:
     """One token per row from softmax(logits), each row with its own generator -> (B,) ids.
 
-    One generator per row (per request) is what makes "same seed, same text" hold whatever else shares the
-    batch: a row's random numbers never depend on the other rows.
+    Inverse-CDF sampling: one uniform number u per row, and the token where the cumulative probability first
+    exceeds u. One generator per row (per request) is what makes "same seed, same text" hold whatever else
+    shares the batch: a row's random numbers never depend on the other rows. (`torch.multinomial` draws the
+    same distribution but is ~50x slower on a 50k vocabulary on CPU.)
     """
-    probs = logits.float().softmax(dim=-1)  # (B, V)
-    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-    for i, g in enumerate(generators):
-        out[i] = torch.multinomial(probs[i], 1, generator=g)[0]
-    return out
+    probs = logits.double().softmax(dim=-1)  # (B, V); float64 so the cumulative sum is exact enough
+    cdf = probs.cumsum(dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=logits.device) for g in generators])
+    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
+    # u * total can round up to total itself: fall back to the last token that has any probability
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).long().argmax(-1)  # (B,)
+    return torch.where(ids > last, last, ids)
 
 
 def logprobs_of(logits: Tensor, ids: Tensor, top_n: int = 0) -> tuple[Tensor, Tensor, Tensor]:
