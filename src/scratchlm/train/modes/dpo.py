@@ -36,10 +36,11 @@ from scratchlm.train.modes.sft import prepare_chat_model, split_val
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over each row of log p(target), skipping IGNORE targets. logits (B, T, V), targets (B, T) -> (B,)."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    keep = targets != IGNORE  # (B, T)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return (picked * keep).sum(-1)
+    B, T, V = logits.shape
+    # cross_entropy's fused log-softmax + pick is -log p(target), and exactly 0 at IGNORE targets
+    nll = F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(B * T), ignore_index=IGNORE,
+                          reduction="none")  # (B*T,)
+    return -nll.view(B, T).sum(-1)
 
 
 def dpo_loss(
