@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -230,9 +231,27 @@ def _has_surrogates(text: str) -> bool:
 _worker: DocProcessor | None = None
 
 
-def _init_worker(settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray) -> None:
+def _init_worker(
+    settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray, main_pid: int
+) -> None:
     global _worker
     _worker = DocProcessor(settings, tokenizer_dict, eval_table)
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Exit when the main process is gone (e.g. SIGKILLed): an idle pool worker would otherwise wait forever."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat", "rb") as f:  # a killed, not yet reaped process is a zombie
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    os._exit(1)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass  # no /proc (macOS): kill(pid, 0) alone
 
 
 def _process_chunk(chunk: list[RawDoc]) -> list[tuple]:
@@ -569,7 +588,7 @@ def _results(
         workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
-        initargs=(settings, tokenizer_dict, eval_table),
+        initargs=(settings, tokenizer_dict, eval_table, os.getpid()),
     )
     try:
         pending: collections.deque[Future] = collections.deque()
