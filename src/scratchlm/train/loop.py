@@ -540,6 +540,7 @@ class Trainer:
                         loggers.log(step, record)
                         self.bar.update(step - step_log, postfix)
                         t_log, tokens_log, step_log = now, self.tokens, step
+                    t_pause = time.perf_counter()
                     if cfg.eval_every and step % cfg.eval_every == 0:
                         last_eval = self._eval_and_log(step, loggers)
                         evaluated_at = step
@@ -548,6 +549,7 @@ class Trainer:
                     if cfg.save_every and step % cfg.save_every == 0:
                         self.save()
                         saved_at = step
+                    t_log += time.perf_counter() - t_pause  # tokens/s measures training steps only
             if evaluated_at != self.step and stopped not in ("SIGINT", "SIGTERM"):
                 last_eval = self._eval_and_log(self.step, loggers)
             if saved_at != self.step:
