@@ -136,7 +136,7 @@ def resolve_inputs(paths: list[Path], text_field: str) -> list[InputFile]:
             files.append(f)
     if all(f.size == 0 for f in files):
         names = ", ".join(str(f.path) for f in files[:3]) + (" ..." if len(files) > 3 else "")
-        raise ScratchlmError(f"the input is empty ({names} hold no bytes); pass files that contain text")
+        raise ScratchlmError(f"the input is empty (no bytes in {names}); pass files that contain text")
     return files
 
 
