@@ -51,6 +51,26 @@ def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def char_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny model with a character tokenizer of the mirror's finetuning texts (~150 symbols): the
+    loss over a small vocabulary is cheap, which keeps the multi-run tests fast."""
+    import os
+
+    from scratchlm.tokenizer import CharTokenizer
+
+    mirror = Path(os.environ.get("SCRATCHLM_MIRROR") or MIRROR)
+    texts = [(mirror / "SMSSpamCollection.tsv").read_text(encoding="utf-8")] + [
+        json.dumps(json.loads((mirror / name).read_text(encoding="utf-8")), ensure_ascii=False)
+        for name in ("instruction-data.json", "instruction-data-with-preference.json")]
+    tok = CharTokenizer.train(texts, special_tokens=["<|endoftext|>"])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("char") / "ckpt"
+    config = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size, "d_model": 48, "d_ff": 192})  # type: ignore[arg-type]
+    checkpoint.save(path, GPT(config), tok)
+    return path
+
+
 @pytest.fixture
 def metrics() -> object:
     """metrics(run_dir, kind="train") -> the run's metrics.jsonl records of that kind."""

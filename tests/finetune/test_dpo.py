@@ -44,13 +44,13 @@ PREFS = [
 ]
 
 
-def test_margin_and_accuracy_rise_on_a_toy_set(base_ckpt: Path, tmp_path: Path, metrics) -> None:
+def test_margin_and_accuracy_rise_on_a_toy_set(char_ckpt: Path, tmp_path: Path, metrics) -> None:
     data = tmp_path / "prefs.json"
     data.write_text(json.dumps(PREFS))
     out = tmp_path / "dpo"
-    argv = ["finetune", "dpo", "--checkpoint", str(base_ckpt), "--data", str(data), "--beta", "0.5",
-            "--template", "alpaca", "--val-fraction", "0", "--max-length", "64", "--micro-batch-size", "4",
-            "--max-steps", "6", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "2", "--log-every", "1",
+    argv = ["finetune", "dpo", "--checkpoint", str(char_ckpt), "--data", str(data), "--beta", "0.5",
+            "--template", "chatml", "--val-fraction", "0", "--max-length", "128", "--micro-batch-size", "4",
+            "--max-steps", "20", "--lr", "2e-4", "--min-lr", "2e-5", "--warmup-steps", "2", "--log-every", "1",
             "--eval-every", "0", "--save-every", "0", "--out", str(out), "--progress", "false"]
     assert main(argv) == 0
     records = metrics(out)
@@ -60,4 +60,5 @@ def test_margin_and_accuracy_rise_on_a_toy_set(base_ckpt: Path, tmp_path: Path, 
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert last["reward_margin"] > 1.0 and last["reward_accuracy"] == 1.0 and last["loss"] < 0.4
     assert first["reward_accuracy"] < last["reward_accuracy"]
+    assert all(b["reward_margin"] > a["reward_margin"] for a, b in zip(records, records[1:]))  # rises every step
     assert last["chosen_reward"] > last["rejected_reward"]
