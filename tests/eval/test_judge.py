@@ -157,7 +157,7 @@ def test_judge_down_keeps_partial_results_and_resumes(tmp_path: Path) -> None:
 
 def test_summary_of_nothing_scored() -> None:
     s = summarize([{"index": 0, "judge_reply": "??", "score": None}])
-    assert s["scored"] == 0 and s["missing"] == 1 and s["mean"] != s["mean"]  # NaN
+    assert s["scored"] == 0 and s["missing"] == 1 and s["mean"] is None
 
 
 @pytest.fixture

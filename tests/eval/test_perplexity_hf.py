@@ -69,7 +69,8 @@ def _export(tmp: Path) -> tuple[Path, object, torch.Tensor, str]:
         for p in model.blocks.parameters():
             p.mul_(8)
     ckpt = checkpoint.save(tmp / "ckpt", model, tokenizers.load("gpt2"))
-    hf_dir, _ = checkpoint.export_hf(ckpt, tmp / "hf")  # what `scratchlm convert to-hf` writes
+    hf_dir = tmp / "hf"
+    assert main(["convert", "to-hf", str(ckpt), str(hf_dir)]) == 0
     text = (MIRROR / "wikitext-2-test.tokens").read_text(encoding="utf-8")[:2500]
     (tmp / "text.txt").write_text(text, encoding="utf-8")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()

@@ -233,7 +233,10 @@ def evaluate_mc(
             shot_items = sample_shots(items, shots, seed, i, exclude=i)
         prompt = build_prompt(item, shot_items)
         for choice in item.choices:
-            requests.append(encode_pair(tokenizer, prompt, DELIMITER + choice))
+            ctx, cont = encode_pair(tokenizer, prompt, DELIMITER + choice)
+            if not ctx and getattr(tokenizer, "eot_id", None) is not None:
+                ctx = [tokenizer.eot_id]  # an empty context: condition on end-of-text (lm-evaluation-harness)
+            requests.append((ctx, cont))
             owners.append(i)
     if progress:
         print(f"{task}: scoring {len(chosen)} items ({len(requests)} choices)", file=sys.stderr)

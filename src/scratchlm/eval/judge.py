@@ -184,7 +184,7 @@ def summarize(items: Sequence[dict[str, Any]], worst: int = 5) -> dict[str, Any]
                     for lo, hi in BUCKETS}
     ranked = sorted((it for it in items if it.get("score") is not None), key=lambda it: it["score"])
     return {
-        "mean": sum(scores) / len(scores) if scores else float("nan"),
+        "mean": sum(scores) / len(scores) if scores else None,  # None, not NaN: the report stays valid JSON
         "scored": len(scores),
         "missing": sum(1 for it in items if it.get("judge_reply") is not None and it.get("score") is None),
         "judged": sum(1 for it in items if it.get("judge_reply") is not None),

@@ -151,12 +151,12 @@ class PerplexityResult:
     def bits_per_byte(self) -> float:
         return bits_per_byte(self.nll, self.bytes)
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, float | int | None]:
         """The `--json` object."""
-        out: dict[str, float | int] = {
+        out: dict[str, float | int | None] = {
             "token_perplexity": self.token_perplexity,
-            "word_perplexity": self.word_perplexity if self.words else float("nan"),
-            "bits_per_byte": self.bits_per_byte if self.bytes else float("nan"),
+            "word_perplexity": self.word_perplexity if self.words else None,  # None: ids only, no raw text
+            "bits_per_byte": self.bits_per_byte if self.bytes else None,
             "tokens": self.tokens,
             "total_tokens": self.total_tokens,
             "words": self.words,
