@@ -110,3 +110,61 @@ def test_target_matching_no_layer_is_a_user_error() -> None:
 def test_targets_from_a_comma_list() -> None:
     assert LoRAConfig(targets=("q,k,v,o,mlp",)).targets == ("q", "k", "v", "o", "mlp")
     assert LoRAConfig(targets="q, v").targets == ("q", "v")  # type: ignore[arg-type]
+
+
+# ---- on the real model ----------------------------------------------------------------------------------------
+
+
+def test_gpt2_shape_adapter_checkpoint_is_over_20x_smaller() -> None:
+    from scratchlm.model import GPT, ModelConfig
+
+    with torch.device("meta"):  # shapes only: no memory, no init
+        model = GPT(ModelConfig.from_preset("gpt2"))
+    # what checkpoint.save stores: every tensor once (the head is tied to the token embedding)
+    full = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k != "lm_head.weight")
+    inject_lora(model, LoRAConfig(rank=8, targets=("q", "k", "v", "o")))
+    adapters = sum(t.numel() * t.element_size() for t in adapter_state_dict(model).values())
+    # 12 layers x 4 projections x (8 x 768 + 768 x 8) = 589,824 parameters vs 124,439,808
+    assert adapters == 589_824 * 4 and full == 124_439_808 * 4
+    assert full / adapters >= 20  # about 211x
+    inject_lora(model, LoRAConfig(rank=8, targets=("mlp",)))
+    with_mlp = sum(t.numel() * t.element_size() for t in adapter_state_dict(model).values())
+    assert full / with_mlp >= 20  # about 93x with the MLP adapted too
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_lora_merge_command_gives_a_plain_checkpoint_with_the_same_logits(preset: str, tmp_path) -> None:
+    from scratchlm import checkpoint
+    from scratchlm.cli.main import main
+    from scratchlm.model import GPT, ModelConfig
+    from scratchlm.tokenizer import CharTokenizer
+    from scratchlm.train.modes.finetune import load_finetuned, save_finetuned
+
+    tok = CharTokenizer.train(["abcdefghijklmnopqrstuvwxyz "])
+    llama = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False, n_kv_head=2, tie_embeddings=False)
+    config = ModelConfig(vocab_size=32, context_length=32, n_layer=2, n_head=4, d_model=32,
+                         **(llama if preset == "llama" else {}))
+    torch.manual_seed(3)
+    checkpoint.save(tmp_path / "base", GPT(config), tok)
+    model, _ = checkpoint.load(tmp_path / "base")
+    lora = LoRAConfig(rank=4, alpha=8, targets=("q", "k", "v", "o", "mlp"))
+    inject_lora(model, lora)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(0, 0.1)
+    save_finetuned(tmp_path / "adapted", model, tok, {"lora": {**lora.__dict__, "base": str(tmp_path / "base")}},
+                   adapters_only=True)
+    assert not (tmp_path / "adapted" / "model.safetensors").exists()
+    reloaded, _, _ = load_finetuned(tmp_path / "adapted")
+    ids = torch.randint(0, 27, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adapted = model(ids)
+        torch.testing.assert_close(reloaded(ids), adapted, rtol=0, atol=0)
+    assert main(["lora", "merge", "--checkpoint", str(tmp_path / "adapted"), "--out", str(tmp_path / "merged")]) == 0
+    merged, _ = checkpoint.load(tmp_path / "merged")  # a plain checkpoint: the ordinary loader reads it
+    assert "lora" not in checkpoint.load_config(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids), adapted, rtol=0, atol=1e-5)
+    assert main(["convert", "to-hf", str(tmp_path / "merged"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
