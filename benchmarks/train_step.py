@@ -53,7 +53,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shape = dict(n_layer=2, n_head=4, d_model=128) if args.small else {}
+    shape = dict(n_layer=2, n_head=4, d_model=128, d_ff=512) if args.small else {}
     cfg = ModelConfig.from_preset("gpt2", context_length=max(args.seq, 1024 if not args.small else args.seq), **shape)
 
     torch.manual_seed(0)
