@@ -33,8 +33,8 @@ class _FinetuneBase(TrainConfig):
     """Starting checkpoint (step or run folder): pretrained, imported from HF, or finetuned before."""
     data: Path | None = None
     """Training data file."""
-    max_length: int = 256
-    """Longest example in tokens (longer ones are truncated); at most the model's context length."""
+    max_length: int | None = None
+    """Longest example in tokens (longer ones are truncated); default: the model's context length."""
     val_fraction: float = 0.1
     """Fraction of the data held out for validation."""
     lora_rank: int = 0
@@ -75,7 +75,7 @@ class _FinetuneBase(TrainConfig):
             raise ConfigError("--data is required: the training data file")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2, got {self.max_length}")
 
     def train_config(self) -> TrainConfig:
@@ -127,8 +127,6 @@ class SFTConfig(_FinetuneBase):
     """Pack several examples into each row of --max-length tokens (no padding; loss never crosses examples)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
-    max_length: int = 512
-    """Longest example in tokens (longer ones are truncated); at most the model's context length."""
     val_fraction: float = 0.05
     """Fraction of the data held out for validation."""
     out: Path = Path("runs/sft")
@@ -145,8 +143,6 @@ class DPOConfig(_FinetuneBase):
     """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
     drop_equal_pairs: bool = False
     """Skip pairs whose chosen answer equals the rejected one (by default they are an error)."""
-    max_length: int = 512
-    """Longest prompt + answer in tokens (longer ones are truncated)."""
     val_fraction: float = 0.05
     """Fraction of the pairs held out for validation."""
     lr: float = 5e-6
@@ -175,6 +171,8 @@ def _start(cfg: _FinetuneBase) -> tuple[Any, Any, dict[str, Any]]:
         raise ScratchlmError(f"--checkpoint {step} is a classifier; finetune from a language-model checkpoint")
     model = load_plain_model(step)
     tokenizer = tokenizers.load(step / checkpoint.TOKENIZER_FILE)
+    if cfg.max_length is None:
+        cfg.max_length = model.config.context_length
     if cfg.max_length > model.config.context_length:
         raise ScratchlmError(
             f"--max-length {cfg.max_length} exceeds the model's context length {model.config.context_length}; "
