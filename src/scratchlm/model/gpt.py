@@ -26,7 +26,7 @@ from torch import nn
 from scratchlm.model.attention import CausalSelfAttention, Rope
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
-from scratchlm.model.layers import make_mlp, make_norm, rope_cos_sin, rope_inv_freq
+from scratchlm.model.layers import RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
 
@@ -101,7 +101,7 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
