@@ -43,6 +43,7 @@ import math
 
 import numpy as np
 
+from scratchlm.data.clean import distinct
 from scratchlm.data.ngrams import mix64, ngram_hashes
 
 _EMPTY = np.uint64(0)
@@ -105,8 +106,12 @@ class HashIndex:
         while order.size:
             slots, found = self._probe(keys[order])
             order, slots = order[~found], slots[~found]  # present (maybe inserted last round): first one won
+            if order.size == 0:
+                break
             # several keys may want the same empty slot: the earliest gets it, the rest probe again next round
-            _, first = np.unique(slots, return_index=True)
+            by_slot = np.argsort(slots, kind="stable")  # equal slots keep insertion order
+            ordered = slots[by_slot]
+            first = by_slot[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
             self.keys[slots[first]] = keys[order[first]]
             self.values[slots[first]] = values[order[first]]
             self.size += first.size
@@ -154,7 +159,11 @@ class MinHasher:
 
     def signature(self, words: np.ndarray) -> np.ndarray | None:
         """(num_perm,) uint32 MinHash signature of the shingle set, or None for a document without words."""
-        shingles = np.unique(ngram_hashes(words, self.shingle_size, short=True))
+        return self.signature_of_shingles(ngram_hashes(words, self.shingle_size, short=True))
+
+    def signature_of_shingles(self, shingles: np.ndarray) -> np.ndarray | None:
+        """The same from precomputed shingle hashes (S,), repeats allowed."""
+        shingles = distinct(shingles)
         if shingles.size == 0:
             return None
         mins = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)

@@ -57,10 +57,10 @@ from scratchlm import assets
 from scratchlm import tokenizer as tokenizers
 from scratchlm.data import shards
 from scratchlm.data.clean import REASONS, QualityConfig, normalize, quality_reason
-from scratchlm.data.decontaminate import eval_ngrams, is_contaminated, resolve_eval_set
+from scratchlm.data.decontaminate import EvalNgrams, resolve_eval_set
 from scratchlm.data.dedup import HashIndex, MinHasher, NearDupIndex, exact_key
 from scratchlm.data.inputs import JSON, InputFile, RawDoc, json_text, read_documents, resolve_inputs
-from scratchlm.data.ngrams import word_hashes
+from scratchlm.data.ngrams import ngram_hashes, word_hashes
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
@@ -168,7 +168,7 @@ _KEEP, _QUALITY, _ERROR = 0, 1, 2
 class DocProcessor:
     """Everything that looks at one document alone; runs in the worker processes (or in-process for 1 worker)."""
 
-    def __init__(self, settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray) -> None:
+    def __init__(self, settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams) -> None:
         self.s = settings
         self.quality = QualityConfig(**{f.name: settings[f.name] for f in dataclasses.fields(QualityConfig)})
         self.tokenizer = tokenizers.from_dict(tokenizer_dict)
@@ -201,16 +201,20 @@ class DocProcessor:
                 invalid = 1
         text = normalize(text)
         words = word_hashes(text)  # (W,) uint64, shared by the filters below
-        reason = quality_reason(text, words, self.quality)
+        q = self.quality
+        grams = ngram_hashes(words, q.repeated_ngram_size) if q.max_repeated_ngram_fraction < 1 and text else None
+        reason = quality_reason(text, words, q, grams)
         if reason is not None:
             return (_QUALITY, len(doc.data), invalid, REASONS.index(reason))
         bands = sig16 = None
         if self.minhasher is not None:
-            signature = self.minhasher.signature(words)
+            same = grams is not None and grams.size and q.repeated_ngram_size == self.minhasher.shingle_size
+            shingles = grams if same else ngram_hashes(words, self.minhasher.shingle_size, short=True)
+            signature = self.minhasher.signature_of_shingles(shingles)
             if signature is not None:
                 bands = self.minhasher.band_keys(signature)
                 sig16 = signature.astype(np.uint16)  # low 16 bits (b-bit MinHash, see dedup.py)
-        contaminated = is_contaminated(words, self.s["decontaminate_ngram"], self.eval_table)
+        contaminated = self.eval_table.contains_any(words)
         tokens = None
         if not contaminated:
             ids = self.tokenizer.encode_ordinary(text)
@@ -232,7 +236,7 @@ _worker: DocProcessor | None = None
 
 
 def _init_worker(
-    settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: np.ndarray, main_pid: int
+    settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, main_pid: int
 ) -> None:
     global _worker
     _worker = DocProcessor(settings, tokenizer_dict, eval_table)
@@ -534,7 +538,7 @@ class _Run:
 
     # ---- the whole run --------------------------------------------------------------------------------------
     def run(
-        self, files: list[InputFile], tokenizer_dict: dict[str, Any], eval_table: np.ndarray, progress: bool
+        self, files: list[InputFile], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, progress: bool
     ) -> None:
         docs = read_documents(files, self.cfg.split_docs, int(self.cfg.max_document_mb * 2**20))
         docs = itertools.islice(docs, self.docs_consumed, None)
@@ -574,7 +578,7 @@ def _results(
     workers: int,
     settings: dict[str, Any],
     tokenizer_dict: dict[str, Any],
-    eval_table: np.ndarray,
+    eval_table: EvalNgrams,
 ) -> Iterator[tuple]:
     """Per-document results in input order, from `workers` processes (in-process for 1)."""
     if workers <= 1:
@@ -680,7 +684,7 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
         _refuse_mismatch(out, state, header, settings)
     elif out.is_dir() and any(p.name != PROGRESS_DIR for p in out.iterdir()):
         raise ScratchlmError(f"--out {out} is not empty and holds no scratchlm shards; choose a new or empty folder")
-    eval_table = eval_ngrams(cfg.decontaminate, cfg.decontaminate_ngram)
+    eval_table = EvalNgrams.from_names(cfg.decontaminate, cfg.decontaminate_ngram)
     created = not out.exists()
     ensure_writable_dir(out)
     run = _Run(cfg, out, header, settings)

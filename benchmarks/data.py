@@ -1,0 +1,180 @@
+"""`scratchlm data prepare` throughput and memory on a generated corpus, with tiktoken as the yardstick.
+
+    python benchmarks/data.py                 # 200 MB corpus (the acceptance size; ~10-20 min on 2 cores)
+    python benchmarks/data.py --mb 10         # a quick smoke run
+
+The corpus: JSONL files of documents of 200-1,200 words drawn from WikiText-2 (valid)'s word frequencies, so that
+the GPT-2 tokenizer sees English-like words; 3% of documents are exact copies and 3% near copies (a few words
+changed) of earlier ones. It is written under a temporary folder and deleted at the end.
+
+Rows, from this one run: `prepare` with the GPT-2 tokenizer (decontamination against WikiText-2 test on, as by
+default) with 1 worker and with all cores, with and without near-dedup, each in a fresh subprocess; and a plain
+loop that reads the same files and encodes every document with tiktoken's GPT-2 (built offline from the same
+BPE files), on one thread. MB/s counts input bytes over wall time. Peak RSS is the largest sum of the resident
+memory of the prepare process and all its descendants (sampled from /proc every 50 ms).
+Targets: peak RSS under 1 GiB at 200 MB; all-cores throughput at least 1.6x one worker on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scratchlm import assets
+
+
+def make_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[int, int]:
+    """Write ~`mb` MB of JSONL documents into `folder`; returns (bytes, documents)."""
+    words = assets.fetch("wikitext-2-valid").read_text(encoding="utf-8").split()
+    counts = collections.Counter(w for w in words if w not in ("<unk>", "=", "@-@", "@,@", "@.@"))
+    vocab = np.array(list(counts))
+    p = np.array(list(counts.values()), dtype=np.float64)
+    p /= p.sum()
+    rng = np.random.default_rng(seed)
+    pyrng = random.Random(seed)
+    target, total, docs, file_no = int(mb * 1e6), 0, 0, 0
+    recent: collections.deque[str] = collections.deque(maxlen=200)
+    f = None
+    while total < target:
+        if f is None or f.tell() > 50e6:
+            if f:
+                f.close()
+            f = open(folder / f"part_{file_no:03d}.jsonl", "w", encoding="utf-8")
+            file_no += 1
+        r = pyrng.random()
+        if r < 0.03 and recent:
+            text = pyrng.choice(recent)  # exact copy
+        elif r < 0.06 and recent:
+            ws = pyrng.choice(recent).split(" ")
+            for _ in range(3):
+                ws[pyrng.randrange(len(ws))] = "changed"
+            text = " ".join(ws)  # near copy
+        else:
+            n = int(rng.integers(200, 1200))
+            ws = vocab[rng.choice(len(vocab), size=n, p=p)].tolist()
+            for i in range(0, n, 15):
+                ws[i] = ws[i].capitalize()
+                if i:
+                    ws[i - 1] += "."
+            text = " ".join(ws) + "."
+            recent.append(text)
+        line = json.dumps({"text": text}) + "\n"
+        f.write(line)
+        total += len(line.encode())
+        docs += 1
+    assert f is not None
+    f.close()
+    return total, docs
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants (scans /proc)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            children[int(fields[1])].append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def run_prepare(corpus: Path, out: Path, workers: int, near: bool) -> tuple[float, int, dict]:
+    """Wall seconds, peak tree RSS and the report of one `scratchlm data prepare` in a fresh process."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "scratchlm", "data", "prepare", "--input", str(corpus), "--out", str(out),
+           "--tokenizer", "gpt2", "--workers", str(workers), "--near-dedup", str(near).lower()]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed ({proc.returncode}):\n{stderr}")
+    report = json.loads((out / "manifest.json").read_text())["report"]
+    return wall, peak[0], report
+
+
+def tiktoken_loop(corpus: Path) -> float:
+    """Seconds to read every document of the corpus and encode it with tiktoken's GPT-2, one thread."""
+    from scratchlm import tokenizer
+
+    enc = tokenizer.load("gpt2").to_tiktoken()
+    start = time.perf_counter()
+    for path in sorted(corpus.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                enc.encode_ordinary(json.loads(line)["text"])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (default 200)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="'all cores' (default: cpu count)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="scratchlm-bench-data-"))
+    try:
+        corpus = tmp / "corpus"
+        corpus.mkdir()
+        t0 = time.perf_counter()
+        n_bytes, n_docs = make_corpus(corpus, args.mb)
+        print(f"corpus: {n_bytes / 1e6:.1f} MB, {n_docs:,} JSONL documents, generated in "
+              f"{time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores; tokenizer gpt2", flush=True)
+        rows = []
+        base: dict[bool, float] = {}
+        for near in (False, True):
+            for workers in (1, args.workers):
+                wall, peak, report = run_prepare(corpus, tmp / "out", workers, near)
+                mbps = n_bytes / 1e6 / wall
+                base.setdefault(near, mbps)
+                label = f"prepare, {workers} worker{'s' if workers > 1 else ''}, " + (
+                    "exact + near dedup" if near else "exact dedup only")
+                rows.append((label, mbps, f"{mbps / base[near]:.2f}x", f"{peak / 2**20:,.0f} MiB", wall,
+                             f"{report['exact_duplicates']:,} exact, {report['near_duplicates']:,} near"))
+                print(f"  done: {label} ({wall:.0f} s)", file=sys.stderr, flush=True)
+        wall = tiktoken_loop(corpus)
+        rows.append(("tiktoken gpt2 encode loop, 1 thread", n_bytes / 1e6 / wall, "", "", wall, "(yardstick)"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    head = ("run", "MB/s", "speed-up", "peak RSS (tree)", "wall s", "dropped")
+    widths = [max(len(head[0]), *(len(r[0]) for r in rows)), 7, 8, 15, 7, 22]
+    print("  ".join(h.ljust(w) if i in (0, 5) else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+    for label, mbps, speedup, peak, wall, note in rows:
+        print(f"{label.ljust(widths[0])}  {mbps:7.2f}  {speedup:>8}  {peak:>15}  {wall:7.1f}  {note}")
+    print("targets: peak RSS < 1 GiB at 200 MB; all cores >= 1.6x one worker on 2 cores")
+
+
+if __name__ == "__main__":
+    main()
