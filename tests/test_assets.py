@@ -15,7 +15,6 @@ from scratchlm import assets
 from scratchlm.cli.main import main
 from scratchlm.errors import ScratchlmError
 
-
 # The eval tasks' files (scratchlm.eval.tasks) are not in the mirror: fetched on first use only.
 NOT_IN_MIRROR = {"hellaswag-val", "hellaswag-train", "arc-easy-test", "arc-challenge-test", "mmlu"}
 
