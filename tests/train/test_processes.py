@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -18,6 +19,18 @@ import torch
 from safetensors.torch import load_file
 
 TINY = str(Path(__file__).with_name("tiny.py"))
+_spec = importlib.util.spec_from_file_location("tiny", TINY)
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+
+
+def in_process(argv: list[str]) -> int:
+    """tiny.py's main in this process (one thread, like the subprocesses): saves a Python + torch start-up."""
+    try:
+        tiny.main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: bitwise-comparable runs
 
 
@@ -33,9 +46,7 @@ def weights(step_dir: Path) -> dict[str, torch.Tensor]:
 def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path) -> None:
     steps = 60
     args = ["--max-steps", str(steps), "--dropout", "0.1", "--global-batch-tokens", "128"]
-    straight = subprocess.run([sys.executable, TINY, "--out", str(tmp_path / "a"), *args], env=ENV,
-                              capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr
+    assert in_process(["--out", str(tmp_path / "a"), *args]) == 0
 
     run = tmp_path / "b"
     proc = subprocess.Popen([sys.executable, TINY, "--out", str(run), *args], env=ENV,
@@ -63,9 +74,7 @@ def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path
 def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
     b, T, steps = 4, 16, 5
     common = ["--max-steps", str(steps), "--micro-batch-size", str(b), "--global-batch-tokens", str(2 * b * T)]
-    one = subprocess.run([sys.executable, TINY, "--out", str(tmp_path / "one"), *common], env=ENV,
-                         capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    assert in_process(["--out", str(tmp_path / "one"), *common]) == 0
     two = subprocess.run(
         ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), TINY,
          "--out", str(tmp_path / "two"), *common],
