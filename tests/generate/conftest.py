@@ -37,10 +37,14 @@ class NextIdModel(nn.Module):
         super().__init__()
         self.config = ModelConfig(vocab_size=vocab_size, context_length=context_length, n_layer=1, n_head=1, d_model=4)
         self.dummy = nn.Parameter(torch.zeros(1))
+        self.lm_head = nn.Identity()
+
+    def hidden_states(self, ids: torch.Tensor, cache: object = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        V = self.config.vocab_size
+        return torch.nn.functional.one_hot((ids + 1) % V, V).float() * 10.0  # (B, T, V): already "logits"
 
     def forward(self, ids: torch.Tensor, cache: object = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        V = self.config.vocab_size
-        return torch.nn.functional.one_hot((ids + 1) % V, V).float() * 10.0  # (B, T, V)
+        return self.lm_head(self.hidden_states(ids, cache, positions))
 
 
 @pytest.fixture
@@ -78,3 +82,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     run = tmp_path_factory.mktemp("ckpt") / "tiny"
     checkpoint.save_step(run, 1, model, tok)
     return run
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():  # noqa: ANN202
+    """Tiny models run fastest on one thread; two threads on a busy shared CPU wait on each other every op."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,8 +16,8 @@ from scratchlm.generate import SampleConfig, complete, stream_completion
 from scratchlm.generate.chat import chat_prompt
 from scratchlm.tokenizer.chat import ChatTemplate
 
-SEEDED = ["--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "15"]
-SEEDED_CFG = SampleConfig(temperature=0.8, top_p=0.9, seed=3, max_new_tokens=15)
+SEEDED = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "15"]
+SEEDED_CFG = SampleConfig(temperature=0.8, top_k=40, top_p=0.9, seed=3, max_new_tokens=15)
 
 
 def test_generate_prints_only_the_continuation(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,7 +79,7 @@ def test_chat_in_a_subprocess(tiny_checkpoint: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "scratchlm", "chat", "--checkpoint", str(tiny_checkpoint),
          "--temperature", "0.8", "--seed", "3", "--max-new-tokens", "10"],
-        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120, env={**os.environ},
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(first + "\n" + first + "\n")

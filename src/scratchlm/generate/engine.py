@@ -33,7 +33,6 @@ import random
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -173,9 +172,9 @@ class Engine:
                 positions[s.slot, 0] = len(s.prompt) + len(s.output) - 1
             # Free rows below hi decode a dummy token at position 0 of their own row: harmless, the next
             # sequence to take that slot prefills over it.
-            logits = self.model(ids, cache=self._rows_view(hi), positions=positions)[:, -1]  # (hi, V)
+            logits = self.model(ids, cache=self._rows_view(0, hi), positions=positions)[:, -1]  # (hi, V)
             slots = [s.slot for s in decoding]
-            for seq in self._sample(slots, logits[slots]):
+            for seq in self._sample(slots, logits if len(slots) == hi else logits[slots]):
                 changed[seq.id] = seq
         return list(changed.values())
 
@@ -192,29 +191,36 @@ class Engine:
         return admitted
 
     def _prefill(self, seqs: list[GenSequence]) -> Tensor:
-        """Run the prompts right-padded in one forward on a cache of their own, copy it into their slots."""
+        """Run the new prompts right-padded in one forward; returns each one's next-token logits (n, V)."""
         lengths = [len(s.prompt) for s in seqs]
-        L = max(lengths)
-        ids = torch.zeros(len(seqs), L, dtype=torch.long, device=self.device)  # (n, L), right-padded with 0s
+        n, L = len(seqs), max(lengths)
+        ids = torch.zeros(n, L, dtype=torch.long, device=self.device)  # (n, L), right-padded with 0s
         for i, s in enumerate(seqs):
             ids[i, : lengths[i]] = torch.tensor(s.prompt, device=self.device)
-        positions = torch.arange(L, device=self.device).expand(len(seqs), L)
-        small = KVCache.for_model(self.model, len(seqs), L, dtype=self.cache.k.dtype)
-        logits = self.model(ids, cache=small, positions=positions)  # (n, L, V)
-        slots = torch.tensor([s.slot for s in seqs], device=self.device)
-        self.cache.k[:, slots, :, :L] = small.k
-        self.cache.v[:, slots, :, :L] = small.v
+        positions = torch.arange(L, device=self.device).expand(n, L)
+        slots = [s.slot for s in seqs]
+        if slots == list(range(slots[0], slots[0] + n)):
+            # contiguous slots (always so for a static batch): write straight into the big cache
+            hidden = self.model.hidden_states(ids, cache=self._rows_view(slots[0], slots[0] + n), positions=positions)
+        else:
+            # scattered free slots: prefill into a small cache of their own, then copy it into place
+            small = KVCache.for_model(self.model, n, L, dtype=self.cache.k.dtype)
+            hidden = self.model.hidden_states(ids, cache=small, positions=positions)
+            index = torch.tensor(slots, device=self.device)
+            self.cache.k[:, index, :, :L] = small.k
+            self.cache.v[:, index, :, :L] = small.v
         if self._seen is not None:
             self._reset_penalty_rows(seqs)
         last = torch.tensor(lengths, device=self.device) - 1
-        return logits[torch.arange(len(seqs), device=self.device), last]  # (n, V)
+        # the output head only on each prompt's last position: (n, C) -> (n, V), not (n, L, V)
+        return self.model.lm_head(hidden[torch.arange(n, device=self.device), last])
 
-    def _rows_view(self, hi: int) -> KVCache:
-        """The cache restricted to rows 0..hi-1: a view, so the forward writes straight into the big cache."""
-        if hi == self.slots:
+    def _rows_view(self, lo: int, hi: int) -> KVCache:
+        """The cache restricted to rows lo..hi-1: a view, so the forward writes straight into the big cache."""
+        if (lo, hi) == (0, self.slots):
             return self.cache
         view = copy.copy(self.cache)
-        view.k, view.v, view.batch_size = self.cache.k[:, :hi], self.cache.v[:, :hi], hi
+        view.k, view.v, view.batch_size = self.cache.k[:, lo:hi], self.cache.v[:, lo:hi], hi - lo
         return view
 
     def _row_settings(self, seqs: list[GenSequence]) -> RowSettings:
@@ -318,12 +324,16 @@ def generate_ids(
     """
     groups = make_sequences(prompts, config, stop_ids)
     flat = [s for g in groups for s in g]
-    engine = Engine(model, slots=slots or max(1, len(flat)))
+    engine = Engine(model, slots=slots or max(1, len(flat)), max_len=static_max_len(model, prompts, config))
     for _ in engine.run(flat):
         pass
     return groups
 
 
-def model_info(model: Any) -> dict[str, int]:
-    """The few model facts the text layer and the server need."""
-    return {"context_length": model.config.context_length, "vocab_size": model.config.vocab_size}
+def static_max_len(model: nn.Module, prompts: Sequence[list[int]], config: SampleConfig) -> int:
+    """Cache length a static batch needs: the longest prompt plus the new tokens (at most the context).
+
+    A prompt longer than the context still gets the full context, so `Engine.add` reports it."""
+    context = model.config.context_length
+    longest = max((len(p) for p in prompts), default=1)
+    return context if longest > context else min(context, longest + config.max_new_tokens)

@@ -144,9 +144,10 @@ def draw(logits: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor
     cdf = probs.cumsum(dim=-1)
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=logits.device) for g in generators])
     ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
-    # u * total can round up to total itself: fall back to the last token that has any probability
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).long().argmax(-1)  # (B,)
-    return torch.where(ids > last, last, ids)
+    ids = ids.clamp(max=probs.shape[-1] - 1)
+    # u * total can round up to the total itself, landing past the last possible token: take the best instead
+    bad = probs.gather(-1, ids[:, None])[:, 0] == 0
+    return torch.where(bad, probs.argmax(-1), ids) if bool(bad.any()) else ids
 
 
 def logprobs_of(logits: Tensor, ids: Tensor, top_n: int = 0) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from scratchlm.errors import ScratchlmError
 from scratchlm.generate.config import SampleConfig
-from scratchlm.generate.engine import Engine, GenSequence, TokenLogprob, make_sequences
+from scratchlm.generate.engine import Engine, GenSequence, TokenLogprob, make_sequences, static_max_len
 from scratchlm.generate.stream import TextStream
 
 
@@ -61,7 +61,7 @@ def complete(
     groups = make_sequences(prompt_ids, config, stops)
     flat = [s for g in groups for s in g]
     streams = {s.id: TextStream(tokenizer, config.stop) for s in flat}
-    engine = Engine(model, slots=slots or len(flat))
+    engine = Engine(model, slots=slots or len(flat), max_len=static_max_len(model, prompt_ids, config))
     with _eval_mode(model):
         for changed in engine.run(flat):
             for seq in changed:
@@ -97,7 +97,7 @@ def stream_completion(
     stops = default_stop_ids(tokenizer, config) if stop_ids is None else list(stop_ids)
     [[seq]] = make_sequences([ids], replace(config, n=1), stops)
     text = TextStream(tokenizer, config.stop)
-    engine = Engine(model, slots=1)
+    engine = Engine(model, slots=1, max_len=static_max_len(model, [ids], config))
     with _eval_mode(model):
         for _ in engine.run([seq]):
             yield feed_text(engine, seq, text), None
