@@ -47,6 +47,12 @@ class ModelOverrides:
     """Width of the residual stream."""
     d_ff: int | None = None
     """Hidden width of the MLP."""
+    norm: str | None = None
+    """layernorm (GPT-2) or rmsnorm (Llama)."""
+    mlp: str | None = None
+    """gelu (GPT-2) or swiglu (Llama)."""
+    positions: str | None = None
+    """learned (GPT-2) or rope (Llama)."""
     dropout: float | None = None
     """Dropout probability."""
     bias: bool | None = None
