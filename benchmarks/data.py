@@ -11,7 +11,8 @@ Rows, from this one run: `prepare` with the GPT-2 tokenizer (decontamination aga
 default) with 1 worker and with all cores, with and without near-dedup, each in a fresh subprocess; and a plain
 loop that reads the same files and encodes every document with tiktoken's GPT-2 (built offline from the same
 BPE files), on one thread. MB/s counts input bytes over wall time. Peak RSS is the largest sum of the resident
-memory of the prepare process and all its descendants (sampled from /proc every 50 ms).
+memory of the prepare process and all its descendants (sampled from /proc every 50 ms); CPU s is their summed
+user + system time, which shows the work added by the worker processes even on a busy machine.
 Targets: peak RSS under 1 GiB at 200 MB; all-cores throughput at least 1.6x one worker on 2 cores.
 """
 
@@ -79,10 +80,10 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[int, int]:
     return total, docs
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants (scans /proc)."""
+def _tree(root: int) -> dict[int, tuple[int, int]]:
+    """{pid: (resident bytes, CPU ticks)} of `root` and all its descendants (scans /proc)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
-    rss: dict[int, int] = {}
+    stats: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -90,29 +91,33 @@ def _tree_rss(root: int) -> int:
             with open(f"/proc/{entry}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[1].split()
             children[int(fields[1])].append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            stats[int(entry)] = (int(fields[21]) * os.sysconf("SC_PAGE_SIZE"), int(fields[11]) + int(fields[12]))
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        if pid in stats:
+            out[pid] = stats[pid]
         todo.extend(children.get(pid, []))
-    return total
+    return out
 
 
-def run_prepare(corpus: Path, out: Path, workers: int, near: bool) -> tuple[float, int, dict]:
-    """Wall seconds, peak tree RSS and the report of one `scratchlm data prepare` in a fresh process."""
+def run_prepare(corpus: Path, out: Path, workers: int, near: bool) -> tuple[float, int, float, dict]:
+    """Wall seconds, peak tree RSS, tree CPU seconds and the report of one `data prepare` in a fresh process."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "scratchlm", "data", "prepare", "--input", str(corpus), "--out", str(out),
            "--tokenizer", "gpt2", "--workers", str(workers), "--near-dedup", str(near).lower()]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak, ticks = [0], {}
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            tree = _tree(proc.pid)
+            peak[0] = max(peak[0], sum(rss for rss, _ in tree.values()))
+            for pid, (_, cpu) in tree.items():
+                ticks[pid] = max(ticks.get(pid, 0), cpu)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -123,7 +128,7 @@ def run_prepare(corpus: Path, out: Path, workers: int, near: bool) -> tuple[floa
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}):\n{stderr}")
     report = json.loads((out / "manifest.json").read_text())["report"]
-    return wall, peak[0], report
+    return wall, peak[0], sum(ticks.values()) / os.sysconf("SC_CLK_TCK"), report
 
 
 def tiktoken_loop(corpus: Path) -> float:
@@ -156,23 +161,23 @@ def main() -> None:
         base: dict[bool, float] = {}
         for near in (False, True):
             for workers in (1, args.workers):
-                wall, peak, report = run_prepare(corpus, tmp / "out", workers, near)
+                wall, peak, cpu, report = run_prepare(corpus, tmp / "out", workers, near)
                 mbps = n_bytes / 1e6 / wall
                 base.setdefault(near, mbps)
                 label = f"prepare, {workers} worker{'s' if workers > 1 else ''}, " + (
                     "exact + near dedup" if near else "exact dedup only")
-                rows.append((label, mbps, f"{mbps / base[near]:.2f}x", f"{peak / 2**20:,.0f} MiB", wall,
+                rows.append((label, mbps, f"{mbps / base[near]:.2f}x", f"{peak / 2**20:,.0f} MiB", wall, f"{cpu:.1f}",
                              f"{report['exact_duplicates']:,} exact, {report['near_duplicates']:,} near"))
                 print(f"  done: {label} ({wall:.0f} s)", file=sys.stderr, flush=True)
         wall = tiktoken_loop(corpus)
-        rows.append(("tiktoken gpt2 encode loop, 1 thread", n_bytes / 1e6 / wall, "", "", wall, "(yardstick)"))
+        rows.append(("tiktoken gpt2 encode loop, 1 thread", n_bytes / 1e6 / wall, "", "", wall, "", "(yardstick)"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    head = ("run", "MB/s", "speed-up", "peak RSS (tree)", "wall s", "dropped")
-    widths = [max(len(head[0]), *(len(r[0]) for r in rows)), 7, 8, 15, 7, 22]
-    print("  ".join(h.ljust(w) if i in (0, 5) else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
-    for label, mbps, speedup, peak, wall, note in rows:
-        print(f"{label.ljust(widths[0])}  {mbps:7.2f}  {speedup:>8}  {peak:>15}  {wall:7.1f}  {note}")
+    head = ("run", "MB/s", "speed-up", "peak RSS (tree)", "wall s", "CPU s", "dropped")
+    widths = [max(len(head[0]), *(len(r[0]) for r in rows)), 7, 8, 15, 7, 7, 22]
+    print("  ".join(h.ljust(w) if i in (0, 6) else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+    for label, mbps, speedup, peak, wall, cpu, note in rows:
+        print(f"{label.ljust(widths[0])}  {mbps:7.2f}  {speedup:>8}  {peak:>15}  {wall:7.1f}  {cpu:>7}  {note}")
     print("targets: peak RSS < 1 GiB at 200 MB; all cores >= 1.6x one worker on 2 cores")
 
 
