@@ -71,13 +71,24 @@ def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
-    b, T, steps = 4, 16, 5
-    common = ["--max-steps", str(steps), "--micro-batch-size", str(b), "--global-batch-tokens", str(2 * b * T)]
-    assert in_process(["--out", str(tmp_path / "one"), *common]) == 0
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path, mirror: Path) -> None:
+    """The real command and the real TokenLoader: `torchrun --nproc_per_node 2 -m scratchlm pretrain` at
+    micro-batch b against one process accumulating 2 micro-batches of b (same global batch)."""
+    from scratchlm.cli.main import main
+    from scratchlm.data import prepare_text
+
+    prepare_text((mirror / "tinyshakespeare.txt").read_text()[:50_000], tmp_path / "shards", tokenizer="char")
+    b, T, steps = 4, 32, 5
+    common = [
+        "pretrain", "--preset", "shakespeare-char", "--data", str(tmp_path / "shards"), "--max-steps", str(steps),
+        "--micro-batch-size", str(b), "--global-batch-tokens", str(2 * b * T), "--model.context-length", str(T),
+        "--model.n-layer", "2", "--model.d-model", "32", "--model.n-head", "2", "--model.d-ff", "64",
+        "--warmup-steps", "2", "--log-every", "1", "--eval-batches", "1", "--no-progress", "--sample-at-end", "0",
+    ]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
     two = subprocess.run(
-        ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), TINY,
-         "--out", str(tmp_path / "two"), *common],
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), "-m", "scratchlm",
+         *common, "--out", str(tmp_path / "two")],
         env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
