@@ -165,11 +165,12 @@ class Engine:
         decoding = [s for s in self.rows if s is not None]
         if decoding:
             hi = max(s.slot for s in decoding) + 1
-            ids = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
-            positions = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
+            last, pos = [0] * hi, [0] * hi  # built as lists: one tensor each, not 2 * hi tiny writes
             for s in decoding:
-                ids[s.slot, 0] = s.output[-1]
-                positions[s.slot, 0] = len(s.prompt) + len(s.output) - 1
+                last[s.slot] = s.output[-1]
+                pos[s.slot] = len(s.prompt) + len(s.output) - 1
+            ids = torch.tensor(last, dtype=torch.long, device=self.device)[:, None]  # (hi, 1)
+            positions = torch.tensor(pos, dtype=torch.long, device=self.device)[:, None]  # (hi, 1)
             # Free rows below hi decode a dummy token at position 0 of their own row: harmless, the next
             # sequence to take that slot prefills over it.
             logits = self.model(ids, cache=self._rows_view(0, hi), positions=positions)[:, -1]  # (hi, V)

@@ -41,7 +41,7 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.generate.chat import chat_prompt
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.engine import Engine, TokenLogprob, make_sequences
-from scratchlm.generate.text import encode_prompt
+from scratchlm.generate.text import default_stop_ids, encode_prompt
 from scratchlm.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
 from scratchlm.serve.worker import EngineWorker, Job, Piece, QueueFull
 from scratchlm.tokenizer.chat import ChatTemplate
@@ -123,7 +123,7 @@ def create_app(
         prompts = _prompt_ids(state, req.prompt)
         max_new = _max_new(state, req.max_tokens, prompts)
         cfg = req.sample_config(max_new, logprobs=req.logprobs)
-        job = _submit(state, prompts, cfg, stop_ids=[] if state.tokenizer.eot_id is None else [state.tokenizer.eot_id])
+        job = _submit(state, prompts, cfg, stop_ids=default_stop_ids(state.tokenizer, cfg))
         echo = [state.tokenizer.decode(p) if req.echo else "" for p in prompts for _ in range(cfg.n)]
         meta = _meta("cmpl", req.model, "text_completion")
         usage_prompt = sum(len(p) for p in prompts)
@@ -148,7 +148,8 @@ def create_app(
         top = (req.top_logprobs or 0) if req.logprobs else None
         cfg = req.sample_config(max_new, logprobs=top)
         cfg.stop = prompt.stop_strings + cfg.stop
-        job = _submit(state, [prompt.ids], cfg, stop_ids=prompt.stop_ids)
+        stop_ids = [] if req.ignore_eos else prompt.stop_ids
+        job = _submit(state, [prompt.ids], cfg, stop_ids=stop_ids)
         meta = _meta("chatcmpl", req.model, "chat.completion")
         if req.stream:
             return _sse(state, job, _chat_chunks(state, job, meta, req, len(prompt.ids)))

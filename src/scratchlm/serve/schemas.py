@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic), and the error shape.
 
 Only the fields scratchlm acts on are declared; unknown fields that OpenAI clients send (`user`,
-`logit_bias`, ...) are ignored rather than rejected, like OpenAI-compatible servers usually do. `top_k`, `min_p`
-and `repetition_penalty` are extensions (vLLM spells them the same way).
+`logit_bias`, ...) are ignored rather than rejected, like OpenAI-compatible servers usually do. `top_k`, `min_p`,
+`repetition_penalty` and `ignore_eos` are extensions (vLLM spells them the same way).
 
 Responses are built as plain dicts in `app.py`, in OpenAI's shapes (`text_completion`, `chat.completion`,
 `chat.completion.chunk`).
@@ -33,6 +33,8 @@ class _Request(BaseModel):
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
+    ignore_eos: bool = False
+    """Keep generating past the end-of-text token (benchmarks that need exact token counts)."""
     stream_options: dict[str, Any] | None = None
 
     def stop_list(self) -> list[str]:
@@ -55,6 +57,7 @@ class _Request(BaseModel):
             stop=self.stop_list(),
             seed=self.seed,
             n=self.n,
+            ignore_eos=self.ignore_eos,
             logprobs=logprobs,
         )
 
