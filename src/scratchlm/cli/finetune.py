@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,7 @@ def sft(argv: list[str], prog: str) -> int:
 
 
 def dpo(argv: list[str], prog: str) -> int:
+    from scratchlm.train.distributed import resolve_device
     from scratchlm.train.loop import train
     from scratchlm.train.modes.dpo import DPOMode
 
@@ -246,6 +248,7 @@ def dpo(argv: list[str], prog: str) -> int:
     mode = DPOMode(
         cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
         cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
+        resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))),
     )
     train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     return 0

@@ -413,7 +413,10 @@ class EpochBatches:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert state["seed"] == self.seed, "resume with the seed the run started with"
+        if state["seed"] != self.seed:
+            raise ScratchlmError(
+                f"the run started with --seed {state['seed']}, not {self.seed}; resume with the seed it started with"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._plan = self._epoch_plan(self.epoch)
 

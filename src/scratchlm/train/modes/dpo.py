@@ -72,13 +72,14 @@ class DPOMode(FinetuneMode):
         ref_batch_size: int = 8,
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(lora, base_checkpoint)
         if beta <= 0:
             raise ScratchlmError(f"--beta must be positive, got {beta}")
         self.data_path, self.template, self.beta, self.max_length = Path(data), template, beta, max_length
         self.val_fraction, self.data_seed, self.drop_equal = val_fraction, data_seed, drop_equal
-        self.ref_batch_size = ref_batch_size
+        self.ref_batch_size, self.device = ref_batch_size, torch.device(device)
         self.train_pairs: list[dict[str, Any]] = []
         self.val_pairs: list[dict[str, Any]] = []
         self.pad_id = 0
@@ -98,10 +99,15 @@ class DPOMode(FinetuneMode):
 
     @torch.no_grad()
     def cache_reference(self, model: nn.Module, pairs: list[dict[str, Any]]) -> None:
-        """Store the starting model's log-probabilities of each pair's answers in the pair (ref_*_logps)."""
+        """Store the starting model's log-probabilities of each pair's answers in the pair (ref_*_logps).
+
+        Computed in float32 without autocast: under bf16 training the first step's rewards are then close to,
+        not exactly, zero.
+        """
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
+        device = self.device  # the training device: the loop would move the model there next anyway
+        model.to(device)
         for s in range(0, len(pairs), self.ref_batch_size):
             chunk = pairs[s : s + self.ref_batch_size]
             batch = collate_preferences(chunk, self.pad_id)
