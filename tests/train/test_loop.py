@@ -114,3 +114,32 @@ def test_repeated_spikes_roll_back_and_lower_lr(tmp_path: Path) -> None:
     last = [r for r in records if r["kind"] == "train"][-1]
     assert last["step"] == 16
     assert math.isfinite(last["loss"])
+
+
+def test_keep_last_and_periodic_eval_tasks(tmp_path: Path) -> None:
+    text = tmp_path / "heldout.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    out = tmp_path / "k"
+    train(cfg(out, max_steps=8, save_every=2, keep_last=2, eval_every=4, eval_tasks=(f"ppl:{text}@400",)),
+          tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_000006", "step_000008"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 8]
+    # an 8-step model is near uniform over its 32 characters: perplexity close to 32
+    assert all(20.0 < r["heldout_ppl"] < 45.0 and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory() -> None:
+    from scratchlm.train.distributed import enable_activation_checkpointing
+
+    plain, ckpt = tiny.tiny_model(dropout=0.0), tiny.tiny_model(dropout=0.0)
+    keys = list(ckpt.state_dict())
+    assert enable_activation_checkpointing(ckpt) == 2
+    assert list(ckpt.state_dict()) == keys  # parameter names (and so checkpoints) unchanged
+    batch = tiny.Stream(4, 0, 0, 1).batch(0)
+    for m in (plain, ckpt):
+        m.train()
+        tiny.TinyMode().loss(m, batch)[0].backward()
+    for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=n)

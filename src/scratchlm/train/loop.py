@@ -267,6 +267,10 @@ class Trainer:
         self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience)
         self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
         mode.val_batches(cfg.micro_batch_size)  # a val split too small for one batch fails now, not at step 250
+        if cfg.eval_tasks:  # likewise a typo in a task name
+            from scratchlm.eval.periodic import check_tasks
+
+            check_tasks(list(cfg.eval_tasks))
         if self.main:  # every input is checked: only now is the run folder created
             ensure_writable_dir(self.out, "run")
 
