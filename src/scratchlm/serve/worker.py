@@ -126,7 +126,12 @@ class EngineWorker:
             for job in jobs:
                 for i, seq in enumerate(job.seqs):
                     self._owner[seq.id] = (job, i)
-                    self.engine.add(seq)  # prompts were length-checked by the handler
+                    try:
+                        self.engine.add(seq)  # prompts were length-checked by the handler
+                    except Exception as e:  # never let one bad request stop the loop
+                        self._owner.pop(seq.id, None)
+                        job.emit(Piece(i, "", finish_reason="error", error=f"{type(e).__name__}: {e}"))
+                        continue
                     if seq.finished:  # max_tokens=0
                         self._deliver(seq)
             for job in cancels:
