@@ -49,7 +49,8 @@ def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path
     assert in_process(["--out", str(tmp_path / "a"), *args]) == 0
 
     run = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, TINY, "--out", str(run), *args], env=ENV,
+    # --step-delay only sleeps (>= 1.2 s in all), so the signal always lands mid-run; the numbers are unchanged
+    proc = subprocess.Popen([sys.executable, TINY, "--out", str(run), *args, "--step-delay", "0.01"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120

@@ -65,9 +65,10 @@ class Stream:
 class TinyMode(Mode):
     name = "tiny"
 
-    def __init__(self, poison: dict[int, float] | None = None, accum: int = 1) -> None:
+    def __init__(self, poison: dict[int, float] | None = None, accum: int = 1, delay: float = 0.0) -> None:
         self.poison = poison or {}  # optimizer step -> factor on the loss and its gradients (nan allowed)
         self.accum = accum
+        self.delay = delay  # seconds of sleep per training micro-batch: a slow run to interrupt, same numbers
         self.calls = 0
 
     @property
@@ -85,6 +86,10 @@ class TinyMode(Mode):
         logits = module(batch["ids"])
         loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
         if module.training:
+            if self.delay:
+                import time
+
+                time.sleep(self.delay)
             step = self.calls // self.accum
             self.calls += 1
             if step in self.poison:
@@ -108,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--resume", default=None)
+    p.add_argument("--step-delay", type=float, default=0.0)
     a = p.parse_args(argv)
     cfg = TrainConfig(
         out=a.out, max_steps=a.max_steps, micro_batch_size=a.micro_batch_size, global_batch_tokens=a.global_batch_tokens,
         save_every=a.save_every, resume=a.resume, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0, log_every=1,
         progress=False, spike_window=0, device="cpu",
     )
-    result = train(cfg, TinyMode(), tiny_model(dropout=a.dropout), tokenizer())
+    result = train(cfg, TinyMode(delay=a.step_delay), tiny_model(dropout=a.dropout), tokenizer())
     raise SystemExit(143 if result.stopped == "SIGTERM" else 0)
 
 
