@@ -143,3 +143,15 @@ def test_activation_checkpointing_changes_nothing_but_memory() -> None:
         tiny.TinyMode().loss(m, batch)[0].backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_bf16_autocast_tracks_fp32_and_fp16_needs_a_gpu(tmp_path: Path) -> None:
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        train(cfg(tmp_path / precision, max_steps=3, precision=precision), tiny.TinyMode(),
+              tiny.tiny_model(dropout=0.0), tiny.tokenizer())
+        runs[precision] = [loss for _, loss in train_losses(tmp_path / precision)]
+    assert runs["fp32"][0] == pytest.approx(runs["bf16"][0], abs=0.05)  # bf16 keeps ~3 significant digits
+    with pytest.raises(ScratchlmError, match="fp16 needs a GPU"):
+        train(cfg(tmp_path / "fp16", precision="fp16"), tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
+    assert not (tmp_path / "fp16").exists()
