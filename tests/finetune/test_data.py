@@ -70,7 +70,7 @@ def test_packing_ignores_targets_across_boundaries() -> None:
     rows = pack_examples([a, b, c], context_length=7)  # rows hold up to 8 tokens
     assert [r["ids"] for r in rows] == [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12]]
     batch = collate_sft(rows, pad_id=0)
-    assert set(batch) == {"ids", "targets"}  # plain causal attention, positions 0..T-1
+    assert batch["positions"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5]]  # restart per example
     # targets: 2,3,4 | (4 -> 5 crosses the boundary: ignored) | 6,7 ; mask picks 3,4 and 6,7
     assert batch["targets"][0].tolist() == [IGNORE, 3, 4, IGNORE, 6, 7]
     assert batch["targets"][1].tolist() == [IGNORE, IGNORE, 11, 12, IGNORE, IGNORE]
@@ -133,3 +133,25 @@ def test_bad_instruction_and_preference_records(gpt2, tmp_path: Path) -> None:
     assert batch["chosen_ids"].shape == batch["rejected_ids"].shape
     learned = [t for t in batch["chosen_targets"][0].tolist() if t != IGNORE]
     assert gpt2.decode(learned) == "Hi!<|im_end|>\n"
+
+
+def test_packed_rows_give_each_example_its_unpacked_loss() -> None:
+    """Correct packing masks: per-token losses in a packed row equal those of each example alone."""
+    from scratchlm.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("llama-tiny", vocab_size=50)).eval()
+    examples = [
+        {"ids": [1, 2, 3, 4, 5], "mask": [0, 0, 1, 1, 1]},
+        {"ids": [6, 7, 8, 9], "mask": [0, 1, 1, 1]},
+    ]
+
+    def token_losses(batch: dict) -> torch.Tensor:
+        logits = model(batch["ids"], positions=batch.get("positions"))
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
+        return losses[batch["targets"] != IGNORE]
+
+    with torch.no_grad():
+        packed = token_losses(collate_sft(pack_examples(examples, context_length=16), pad_id=0))
+        alone = torch.cat([token_losses(collate_sft([ex], pad_id=0)) for ex in examples])
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)

@@ -173,3 +173,18 @@ def test_meta_device_build_then_init_weights() -> None:
     model.init_weights()
     assert model.lm_head.weight is not model.tok_emb.weight  # llama-tiny: untied
     assert model(torch.randint(0, 97, (1, 4))).isfinite().all()
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_packed_documents_attend_only_within_themselves(preset: str) -> None:
+    """Positions restarting at 0 mark packed documents: each gives the logits it gives alone."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset(preset, vocab_size=97)).eval()
+    a, b = torch.randint(0, 97, (1, 5)), torch.randint(0, 97, (1, 3))
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
+    with torch.no_grad():
+        out = model(packed, positions=positions)
+        torch.testing.assert_close(out[:, :5], model(a), rtol=0, atol=1e-5)
+        torch.testing.assert_close(out[:, 5:], model(b), rtol=0, atol=1e-5)
+        assert not torch.allclose(model(packed)[:, 5:], model(b), atol=1e-3)  # without the reset, b sees a

@@ -17,11 +17,9 @@ Decisions:
   union over ranks equals what one process would draw (docs/contracts.md).
 - Length grouping sorts examples by length inside windows of 64 micro-batches, then shuffles the micro-batches:
   batches of similar lengths waste little padding, and the order stays random.
-- Packing concatenates examples into rows of `context_length` and ignores the target across each boundary.
-  Attention stays plainly causal over the row with positions 0..T-1, as in pretraining: an example may attend
-  to earlier examples in its row, never to later ones. (Restarting positions per example would need a
-  block-diagonal mask; the model's `positions` mask is built for right-padded prompts and would let a token
-  see later examples, so packed batches do not pass positions.)
+- Packing concatenates examples into rows of `context_length`, ignores the target across each boundary and
+  restarts `positions` at 0 for each example. The model reads a position reset as a document boundary and
+  masks attention block-diagonally, so a packed example sees exactly what it would see alone.
 
 Knows nothing of models: ids, masks and tensors only.
 """
@@ -251,7 +249,7 @@ def _shift(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
 
 
 def collate_sft(examples: Sequence[Mapping[str, list[int]]], pad_id: int, pad_to: int | None = None) -> Batch:
-    """Right-padded {"ids", "targets"} (B, T); padding's targets are IGNORE."""
+    """Right-padded {"ids", "targets"} (B, T), plus "positions" for packed rows; padding's targets are IGNORE."""
     pairs = [_shift(ex["ids"], ex["mask"]) for ex in examples]
     T = max(max(len(x) for x, _ in pairs), pad_to or 0)
     ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)  # (B, T)
@@ -259,23 +257,34 @@ def collate_sft(examples: Sequence[Mapping[str, list[int]]], pad_id: int, pad_to
     for row, (x, y) in enumerate(pairs):
         ids[row, : len(x)] = torch.tensor(x)
         targets[row, : len(y)] = torch.tensor(y)
-    return {"ids": ids, "targets": targets}
+    batch = {"ids": ids, "targets": targets}
+    if "positions" in examples[0]:  # packed rows: padding continues the last example's positions
+        positions = torch.arange(T).repeat(len(pairs), 1)  # (B, T)
+        for row, ex in enumerate(examples):
+            n = len(ex["positions"]) - 1
+            positions[row, :n] = torch.tensor(ex["positions"][:-1])
+            positions[row, n:] = torch.arange(T - n) + (ex["positions"][n - 1] + 1 if n else 0)
+        batch["positions"] = positions
+    return batch
 
 
 def pack_examples(examples: Sequence[Mapping[str, list[int]]], context_length: int) -> list[dict[str, list[int]]]:
     """Greedily concatenate examples (in the given order) into rows of at most context_length + 1 tokens.
 
+    Each row also gets `positions`, restarting at 0 for every example.
+
     The first token of each example gets mask 0, so nothing is learned across a boundary (the loss mask
     shifts by one: see `_shift`).
     """
     rows: list[dict[str, list[int]]] = []
-    cur: dict[str, list[int]] = {"ids": [], "mask": []}
+    cur: dict[str, list[int]] = {"ids": [], "mask": [], "positions": []}
     for ex in examples:
         if cur["ids"] and len(cur["ids"]) + len(ex["ids"]) > context_length + 1:
             rows.append(cur)
-            cur = {"ids": [], "mask": []}
+            cur = {"ids": [], "mask": [], "positions": []}
         cur["ids"] += ex["ids"]
         cur["mask"] += [0] + list(ex["mask"][1:])  # never predict an example's first token from the previous one
+        cur["positions"] += range(len(ex["ids"]))  # a reset marks the boundary for the model's attention mask
     if cur["ids"]:
         rows.append(cur)
     return rows

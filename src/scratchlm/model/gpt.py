@@ -129,7 +129,7 @@ class GPT(nn.Module):
             if cache is not None:
                 mask = _slot_mask(positions)
         else:
-            mask = _slot_mask(positions) if cache is not None else _position_mask(positions)
+            mask = _slot_mask(positions) if cache is not None else _document_mask(positions)
         x, rope = self.embed(ids, positions)
         for block in self.blocks:
             x = block(x, rope, mask, cache, positions)
@@ -155,9 +155,18 @@ class GPT(nn.Module):
         return n
 
 
-def _position_mask(positions: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T): query i may see token j iff position[j] <= position[i] (no cache)."""
-    return (positions[:, None, :] <= positions[:, :, None])[:, None]
+def _document_mask(positions: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T): query i may see token j iff j <= i and both are in the same document (no cache).
+
+    A document starts wherever the position does not increase (packed rows restart at 0 per example), so
+    packed examples never attend to each other; one increasing run of positions is plain causal attention.
+    """
+    B, T = positions.shape
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] <= positions[:, :-1]
+    doc = starts.cumsum(dim=1)  # (B, T): document index of each token
+    causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
 
 
 def _slot_mask(positions: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ class SFTMode(FinetuneMode):
         return fixed_batches(self.val_examples, micro_batch_size, self._collate) if self.val_examples else None
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits = module(batch["ids"])  # (B, T, V)
+        logits = module(batch["ids"], positions=batch.get("positions"))  # (B, T, V); packed rows pass positions
         return token_loss(logits, batch["targets"]), {}
 
     def checkpoint_extra(self) -> dict[str, Any]:
