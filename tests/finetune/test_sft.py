@@ -70,8 +70,14 @@ def test_tiny_model_reproduces_its_instruction_pairs(base_ckpt: Path, tmp_path: 
     assert template.name == "chatml" and config["model"]["vocab_size"] == 50259
     capsys.readouterr()
     for pair in PAIRS:
+        # the checkpoint's template frames the prompt as a user turn and ends the reply at <|im_end|>
+        [user] = template.alpaca_messages(pair, with_output=False)
+        assert main(["generate", "--checkpoint", str(out), "--prompt", user["content"], "--temperature", "0",
+                     "--max-new-tokens", "20", "--device", "cpu"]) == 0
+        assert capsys.readouterr().out == pair["output"] + "\n"
+        # --raw continues text as given: the same answer when the prompt is already rendered
         prompt = template.render(template.alpaca_messages(pair, with_output=False), add_generation_prompt=True)
-        assert main(["generate", "--checkpoint", str(out), "--prompt", prompt, "--temperature", "0",
+        assert main(["generate", "--checkpoint", str(out), "--prompt", prompt, "--temperature", "0", "--raw",
                      "--max-new-tokens", "20", "--stop", "<|im_end|>", "--device", "cpu"]) == 0
         assert capsys.readouterr().out == pair["output"] + "\n"
     # `scratchlm chat` formats the turn with the stored template and stops on <|im_end|> by itself

@@ -39,6 +39,9 @@ class GenerateConfig(_LateCheck, SampleConfig):
     """Print the text as it is generated."""
     echo: bool = False
     """Print the prompt before the continuation."""
+    raw: bool = False
+    """Continue the prompt as plain text even when the checkpoint has a chat template. By default a checkpoint
+    finetuned with a template gets the prompt as one user turn and stops where the assistant's turn ends."""
     device: str = "auto"
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
 
@@ -106,17 +109,27 @@ def generate(argv: list[str], prog: str) -> int:
     sample = sample_config(cfg)
     if cfg.stream and sample.n > 1:
         raise ScratchlmError("--stream prints one sample; drop --stream or use --n 1")
-    model, tok, _ = load_for_generation(cfg.checkpoint, cfg.device)
+    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    ids: str | list[int] = prompt
+    stop_ids = None  # None: the tokenizer's end-of-text
+    if "chat_template" in config and not cfg.raw:
+        from scratchlm.generate.chat import chat_prompt
+        from scratchlm.tokenizer.chat import ChatTemplate
+
+        template = ChatTemplate.from_config(config["chat_template"])
+        framed = chat_prompt(template, tok, [{"role": "user", "content": prompt}])
+        ids, stop_ids = framed.ids, framed.stop_ids
+        sample = dataclasses.replace(sample, stop=[*framed.stop_strings, *sample.stop])
     out = sys.stdout
     if cfg.echo:
         out.write(prompt)
     if cfg.stream:
-        for piece in stream(model, tok, prompt, sample):
+        for piece in stream(model, tok, ids, sample, stop_ids):
             out.write(piece)
             out.flush()
         out.write("\n")
         return 0
-    [samples] = complete(model, tok, [prompt], sample)
+    [samples] = complete(model, tok, [ids], sample, stop_ids)
     for i, c in enumerate(samples):
         if i:
             out.write(f"\n----- sample {i + 1} -----\n" + (prompt if cfg.echo else ""))
