@@ -17,11 +17,29 @@ DATASETS = {"wikitext-2": "wikitext-2-test", "wikitext-2-test": "wikitext-2-test
 
 
 @dataclass
-class PerplexityConfig:
-    """Sliding-window perplexity (Hugging Face guide), word perplexity and bits per byte of a text."""
+class _EvalRun:
+    """What every evaluation command shares: which checkpoint(s), where to run, how to report."""
 
     checkpoint: Path
     """Checkpoint step folder, or a run folder (its latest step; every step with --all-steps)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+    out: Path | None = None
+    """Also write the full report to this JSON file."""
+    all_steps: bool = False
+    """With a run folder: evaluate every step folder, one row each, and plot the series (--plot)."""
+    plot: Path | None = None
+    """PNG of the metrics per step (with --all-steps; default: beside --out)."""
+
+
+@dataclass
+class PerplexityConfig(_EvalRun):
+    """Sliding-window perplexity (Hugging Face guide), word perplexity and bits per byte of a text."""
+
     dataset: str | None = None
     """wikitext-2 (test split), wikitext-2-valid, or any text asset name (see `scratchlm fetch --list`)."""
     input: Path | None = None
@@ -32,28 +50,14 @@ class PerplexityConfig:
     """Tokens the window advances by (default: context / 2); stride = context scores disjoint windows."""
     batch_size: int = 4
     """Windows per forward pass."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
-    dtype: str = "auto"
-    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
-    json: bool = False
-    """Print one JSON object (token_perplexity, word_perplexity, bits_per_byte, tokens) instead of a table."""
-    out: Path | None = None
-    """Also write the full report to this JSON file."""
-    all_steps: bool = False
-    """With a run folder: evaluate every step folder, one row each, and plot the series (--plot)."""
-    plot: Path | None = None
-    """PNG of the metrics per step (with --all-steps; default: beside --out)."""
     progress: bool = True
     """Show a progress bar on stderr."""
 
 
 @dataclass
-class MCConfig:
+class MCConfig(_EvalRun):
     """Few-shot multiple-choice accuracy (acc and length-normalised acc_norm) by log-likelihood."""
 
-    checkpoint: Path
-    """Checkpoint step folder, or a run folder (its latest step; every step with --all-steps)."""
     task: str = ""
     """hellaswag, arc-easy, arc-challenge, mmlu, or a JSONL file of {"context", "choices", "label"} items."""
     shots: int = 0
@@ -66,32 +70,15 @@ class MCConfig:
     """A JSONL file of items to draw the shots from (default: the task's own few-shot split)."""
     batch_size: int = 8
     """Choices scored per forward pass."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
-    dtype: str = "auto"
-    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
-    json: bool = False
-    """Print one JSON object instead of a table."""
-    out: Path | None = None
-    """Also write the report (with per-item log-likelihoods) to this JSON file."""
-    all_steps: bool = False
-    """With a run folder: evaluate every step folder, one row each, and plot the series (--plot)."""
-    plot: Path | None = None
-    """PNG of acc/acc_norm per step (with --all-steps; default: beside --out)."""
 
 
 # ---- shared helpers ---------------------------------------------------------------------------------------------
 
 
 def _device(name: str) -> Any:
-    import torch
+    from scratchlm.train.distributed import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ScratchlmError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    return resolve_device(name)
 
 
 def _steps(checkpoint: Path, all_steps: bool) -> list[tuple[int | None, Path]]:

@@ -57,7 +57,10 @@ def resolve_device(flag: str, local_rank: int = 0) -> torch.device:
         raise ScratchlmError(f"--device {flag}: MPS is not available on this machine; use --device cpu or auto")
     if flag == "cuda":
         return torch.device("cuda", local_rank)
-    return torch.device(flag)
+    try:
+        return torch.device(flag)
+    except RuntimeError:
+        raise ScratchlmError(f"unknown device {flag!r}; use cpu, cuda, cuda:N, mps or auto") from None
 
 
 def init_distributed(device_flag: str) -> DistInfo:

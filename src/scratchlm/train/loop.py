@@ -15,7 +15,7 @@ What it deliberately does not know: argv (the CLI builds the `TrainConfig`), how
 Exact resume: a checkpoint holds everything the next step depends on: weights, AdamW moments, the step (the LR is
 a pure function of it and `lr_scale`), every rank's RNG states and loader cursor, the spike guard's window, the
 grad scaler and the metrics so far. Restoring them makes N + resume + N steps bitwise equal to 2N straight steps
-on CPU (same thread count), which `tests/train/test_resume.py` checks.
+on CPU (same thread count), which `tests/train/test_loop.py` and `test_processes.py` check.
 """
 
 from __future__ import annotations
