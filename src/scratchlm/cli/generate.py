@@ -17,16 +17,8 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.generate.config import SampleConfig
 
 
-class _LateCheck:
-    """Skip `SampleConfig`'s checks while tyro builds the command config: tyro would wrap a ValueError in a
-    help box; `sample_config` runs them afterwards, so a bad value is the usual one-line error, exit 2."""
-
-    def __post_init__(self) -> None:
-        pass
-
-
 @dataclass(kw_only=True)
-class GenerateConfig(_LateCheck, SampleConfig):
+class GenerateConfig(SampleConfig):
     """Continue a prompt with a checkpoint; prints only the continuation (plus a final newline) on stdout."""
 
     checkpoint: Path
@@ -47,7 +39,7 @@ class GenerateConfig(_LateCheck, SampleConfig):
 
 
 @dataclass(kw_only=True)
-class ChatConfig(_LateCheck, SampleConfig):
+class ChatConfig(SampleConfig):
     """Chat with a checkpoint in the terminal: /reset starts over, /exit (or end of input) quits.
 
     Replies go to stdout; prompts and notes to stderr. The checkpoint's chat template (from finetuning) frames
@@ -64,7 +56,7 @@ class ChatConfig(_LateCheck, SampleConfig):
 
 
 def sample_config(cfg: SampleConfig) -> SampleConfig:
-    """The `SampleConfig` part of a command's config (validated here)."""
+    """The `SampleConfig` part of a command's config."""
     return SampleConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)})
 
 
