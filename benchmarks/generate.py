@@ -8,6 +8,7 @@ same greedy tokens (checked).
 
     python benchmarks/generate.py                  # gpt2 shape, 64 new tokens
     python benchmarks/generate.py --small          # a quick check: 2 layers, width 128, 16 new tokens
+    python benchmarks/generate.py --threads 1      # one thread each
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_new = args.new_tokens or (16 if args.small else 64)
 
     hf, ours = build(args.small)
