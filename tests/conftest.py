@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 MIRROR = Path(os.environ.get("SCRATCHLM_MIRROR") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for session-scoped fixtures (built before any test's own environment is set)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCRATCHLM_MIRROR", str(MIRROR.resolve()))
+        mp.setenv("SCRATCHLM_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,23 @@ def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pretrained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2-shaped model (context 64) after 40 pretraining steps on Tiny Shakespeare, made by the real
+    `scratchlm data prepare` and `scratchlm pretrain` commands: the starting point a user's finetuning has."""
+    from scratchlm.cli.main import main
+
+    root = tmp_path_factory.mktemp("pretrained")
+    shards, run = root / "shards", root / "run"
+    assert main(["data", "prepare", "--dataset", "tinyshakespeare", "--split-docs", "--tokenizer", "gpt2",
+                 "--out", str(shards)]) == 0
+    assert main(["pretrain", "--model-preset", "gpt2-tiny", "--model.context-length", "64", "--data", str(shards),
+                 "--out", str(run), "--max-steps", "40", "--micro-batch-size", "8", "--lr", "3e-3",
+                 "--warmup-steps", "5", "--eval-every", "0", "--eval-batches", "2", "--save-every", "0",
+                 "--progress", "false", "--sample-at-end", "0"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def char_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny model with a character tokenizer of the mirror's finetuning texts (~150 symbols): the
     loss over a small vocabulary is cheap, which keeps the multi-run tests fast."""
