@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 MIRROR = Path(os.environ.get("SCRATCHLM_MIRROR") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 
@@ -30,3 +31,13 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 @pytest.fixture
 def mirror() -> Path:
     return MIRROR.resolve()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tests run tiny models, which gain nothing from threads; on a busy 2-core CPU extra threads only wait on
+    each other. (Subprocesses such as the torchrun test choose their own.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

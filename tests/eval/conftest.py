@@ -38,14 +38,6 @@ class BigramModel(nn.Module):
         return self.table[ids]  # (B, T, V)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU extra threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def abc_tokenizer() -> CharTokenizer:

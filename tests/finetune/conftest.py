@@ -1,10 +1,9 @@
-"""Fixtures for the finetuning tests: one thread (tiny models run fastest so on a shared CPU) and a tiny base
-checkpoint with GPT-2's tokenizer, built once per session."""
+"""Fixtures for the finetuning tests: tiny base checkpoints (GPT-2's tokenizer, a char tokenizer, and one
+pretrained in the session), built once per session."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from scratchlm.tokenizer import BPETokenizer
 
 MIRROR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gpt2_tokenizer() -> BPETokenizer:

@@ -83,11 +83,3 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     checkpoint.save_step(run, 1, model, tok)
     return run
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # noqa: ANN202
-    """Tiny models run fastest on one thread; two threads on a busy shared CPU wait on each other every op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -57,11 +57,3 @@ def client(server_url: str):  # noqa: ANN201
 
     return OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # noqa: ANN202
-    """Tiny models run fastest on one thread; two threads on a busy shared CPU wait on each other every op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

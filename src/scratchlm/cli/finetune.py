@@ -212,9 +212,8 @@ def classify(argv: list[str], prog: str) -> int:
         return 0
     module, _, _ = load_finetuned(result.checkpoint)
     reports = {}
-    for split, examples in (("val", data.val), ("test", data.test)):
-        if examples:
-            batches = [mode._collate(list(examples[s : s + 64])) for s in range(0, len(examples), 64)]
+    for split, batches in (("val", mode.val_batches(64)), ("test", mode.test_batches(64))):
+        if batches:
             y_true, y_pred, _ = predict_batches(module, batches)
             reports[split] = classification_report(y_true, y_pred, data.labels)
             print(format_report(reports[split], split))
