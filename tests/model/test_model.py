@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from scratchlm.errors import ConfigError
-from scratchlm.model import GPT, KVCache, ModelConfig, preset_names
+from scratchlm.model import GPT, KVCache, ModelConfig, layers, preset_names
 from scratchlm.model.layers import apply_rope, rope_cos_sin, rope_inv_freq
 
 TINY = {"vocab_size": 97, "context_length": 64}
@@ -188,3 +189,27 @@ def test_packed_documents_attend_only_within_themselves(preset: str) -> None:
         torch.testing.assert_close(out[:, :5], model(a), rtol=0, atol=1e-5)
         torch.testing.assert_close(out[:, 5:], model(b), rtol=0, atol=1e-5)
         assert not torch.allclose(model(packed)[:, 5:], model(b), atol=1e-3)  # without the reset, b sees a
+
+
+@pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear op")
+@pytest.mark.parametrize(
+    "x_shape", [(1, 48), (8, 48), (3, 5, 48), "non-contiguous"], ids=["one row", "eight rows", "3d", "strided"]
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_without_grad_runs_onednn_and_equals_f_linear(x_shape, bias: bool) -> None:
+    torch.manual_seed(0)
+    layer = layers.Linear(48, 40, bias=bias)
+    x = torch.randn(3, 7, 48)[:, -1] if x_shape == "non-contiguous" else torch.randn(*x_shape)
+    ref = F.linear(x, layer.weight, layer.bias)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = layer(x)
+    ops = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert ops == {"mkldnn._linear_pointwise"}  # the oneDNN GEMM, and counted with F.linear's flops
+    assert counter.get_total_flops() == 2 * math.prod(x.shape[:-1]) * 48 * 40
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    # With autograd on, the layer is plain F.linear and trains.
+    with FlopCounterMode(display=False) as counter:
+        y = layer(x)
+    assert "mkldnn._linear_pointwise" not in {str(op) for op in counter.get_flop_counts()["Global"]}
+    y.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0

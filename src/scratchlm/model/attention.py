@@ -22,7 +22,7 @@ from torch import nn
 
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
-from scratchlm.model.layers import apply_rope
+from scratchlm.model.layers import Linear, apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (B, T, 1, D/2), or None for learned positions
 
@@ -34,10 +34,10 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx  # which slice of a KVCache this layer owns
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.n_rep = config.n_rep
-        self.q_proj = nn.Linear(config.d_model, config.n_head * config.head_dim, bias=config.bias)
-        self.k_proj = nn.Linear(config.d_model, config.kv_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.d_model, config.kv_dim, bias=config.bias)
-        self.o_proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
+        self.q_proj = Linear(config.d_model, config.n_head * config.head_dim, bias=config.bias)
+        self.k_proj = Linear(config.d_model, config.kv_dim, bias=config.bias)
+        self.v_proj = Linear(config.d_model, config.kv_dim, bias=config.bias)
+        self.o_proj = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         # Variant choices, made once.

@@ -26,7 +26,7 @@ from torch import nn
 from scratchlm.model.attention import CausalSelfAttention, Rope
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
-from scratchlm.model.layers import RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
+from scratchlm.model.layers import Linear, RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
 
@@ -64,7 +64,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.embed = self._embed_learned if config.positions == "learned" else self._embed_rope
         self.tie_weights()
         self.init_weights()

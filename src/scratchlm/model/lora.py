@@ -11,7 +11,7 @@ Decisions:
   base model do not change (`blocks.0.attn.q_proj.weight`), and the adapters are just the extra `*.lora_A`,
   `*.lora_B` keys: `adapter_state_dict` picks them out, and a checkpoint can hold only them.
 - B starts at zero, so an injected model computes exactly what the base model did (a test checks it).
-- `merge_lora` folds W += s * B A and puts plain `nn.Linear` layers back: the result is an ordinary model that
+- `merge_lora` folds W += s * B A and puts plain linear layers back: the result is an ordinary model that
   every other part (generation, HF export) uses unchanged.
 - Target short names map to the model's linear names (docs/contracts.md): q,k,v,o -> q_proj...o_proj; mlp ->
   fc_in/fc_out (GELU) or gate_proj/up_proj/down_proj (SwiGLU). A full module name (e.g. `lm_head`) also works.
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.model.layers import Linear, linear
 
 SHORT_TARGETS: dict[str, tuple[str, ...]] = {
     "q": ("q_proj",),
@@ -94,11 +95,11 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., out)
-        return F.linear(x, self.weight, self.bias) + self.scaling * update
+        return linear(x, self.weight, self.bias) + self.scaling * update
 
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear with W + s * B A (computed in float32, stored in the weight's dtype)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+    def merged(self) -> Linear:
+        """A plain linear layer with W + s * B A (computed in float32, stored in the weight's dtype)."""
+        out = Linear(self.in_features, self.out_features, bias=self.bias is not None,
                         device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             delta = self.lora_B.float() @ self.lora_A.float()  # (out, in)
@@ -149,7 +150,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig, freeze: bool = True) -> li
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and restore plain nn.Linear layers (in place; returns model)."""
+    """Fold every adapter into its base weight and restore plain linear layers (in place; returns model)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             parent_name, _, leaf = name.rpartition(".")

@@ -32,6 +32,7 @@ from scratchlm.dataclass_io import from_dict, to_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.fs import fsync_dir
 from scratchlm.model import GPT
+from scratchlm.model.layers import Linear
 from scratchlm.model.lora import LoRAConfig, adapter_state_dict, inject_lora, load_adapter_state_dict
 from scratchlm.train.modes.base import Mode
 
@@ -64,11 +65,11 @@ def resize_vocab(model: GPT, vocab_size: int) -> bool:
         model.tok_emb = emb
         if not model.config.tie_embeddings:
             head_old = model.lm_head.weight
-            head = nn.Linear(C, vocab_size, bias=False, device="meta")
+            head = Linear(C, vocab_size, bias=False, device="meta")
             head.weight = nn.Parameter(grown(head_old), requires_grad=head_old.requires_grad)
             model.lm_head = head
         else:
-            model.lm_head = nn.Linear(C, vocab_size, bias=False, device="meta")  # replaced by the tie below
+            model.lm_head = Linear(C, vocab_size, bias=False, device="meta")  # replaced by the tie below
             model.tie_weights()
     model.config.vocab_size = vocab_size
     return True
