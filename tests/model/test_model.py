@@ -191,25 +191,50 @@ def test_packed_documents_attend_only_within_themselves(preset: str) -> None:
         assert not torch.allclose(model(packed)[:, 5:], model(b), atol=1e-3)  # without the reset, b sees a
 
 
+def _gemm_ops(counter: FlopCounterMode) -> set[str]:
+    return {str(op) for op in counter.get_flop_counts()["Global"]}
+
+
 @pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear op")
 @pytest.mark.parametrize(
     "x_shape", [(1, 48), (8, 48), (3, 5, 48), "non-contiguous"], ids=["one row", "eight rows", "3d", "strided"]
 )
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_without_grad_runs_onednn_and_equals_f_linear(x_shape, bias: bool) -> None:
+def test_linear_runs_onednn_forward_and_backward_and_equals_f_linear(x_shape, bias: bool) -> None:
     torch.manual_seed(0)
     layer = layers.Linear(48, 40, bias=bias)
     x = torch.randn(3, 7, 48)[:, -1] if x_shape == "non-contiguous" else torch.randn(*x_shape)
+    gemm_flops = 2 * math.prod(x.shape[:-1]) * 48 * 40
     ref = F.linear(x, layer.weight, layer.bias)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         y = layer(x)
-    ops = {str(op) for op in counter.get_flop_counts()["Global"]}
-    assert ops == {"mkldnn._linear_pointwise"}  # the oneDNN GEMM, and counted with F.linear's flops
-    assert counter.get_total_flops() == 2 * math.prod(x.shape[:-1]) * 48 * 40
+    assert _gemm_ops(counter) == {"mkldnn._linear_pointwise"}  # oneDNN, counted with F.linear's flops
+    assert counter.get_total_flops() == gemm_flops
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    # With autograd on, the layer is plain F.linear and trains.
+
+    # Training: the gradients are oneDNN products too, and equal F.linear's.
+    x_ref = x.detach().clone().requires_grad_()
+    x = x.detach().clone().requires_grad_()
+    grad_y = torch.randn_like(ref)
     with FlopCounterMode(display=False) as counter:
+        layer(x).backward(grad_y)
+    assert _gemm_ops(counter) == {"mkldnn._linear_pointwise"}
+    assert counter.get_total_flops() == 3 * gemm_flops  # y, grad_x, grad_w
+    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    layer.zero_grad()
+    F.linear(x_ref, layer.weight, layer.bias).backward(grad_y)
+    ref_grads = [x_ref.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    # A frozen weight (LoRA's base layer) gets no gradient and costs no product for one.
+    layer.zero_grad()
+    layer.requires_grad_(False)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).backward(grad_y)
+    assert counter.get_total_flops() == 2 * gemm_flops  # y, grad_x
+    assert layer.weight.grad is None
+    # Autocast owns F.linear's precision rules: under it the layer is plain F.linear.
+    with FlopCounterMode(display=False) as counter, torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
-    assert "mkldnn._linear_pointwise" not in {str(op) for op in counter.get_flop_counts()["Global"]}
-    y.sum().backward()
-    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert y.dtype == torch.bfloat16 and "mkldnn._linear_pointwise" not in _gemm_ops(counter)

@@ -7,6 +7,7 @@ at construction, so no forward pass ever branches on a config field.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,23 +21,53 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as `F.linear`; without autograd on CPU in fp32, through oneDNN's GEMM.
+    """x @ weight.T + bias, as `F.linear`; on CPU in fp32, forward and backward through oneDNN's GEMM.
 
     Why: on CPU torch hands fp32 matmuls to MKL, which on AMD processors takes generic code paths; oneDNN picks
     its kernels by instruction set. On the project's 2-core AMD EPYC machine it runs GPT-2's layers 1.5-2.5x
-    faster at every batch size, decoding (1-8 rows) and evaluation (thousands) alike (`benchmarks/generate.py`).
-    oneDNN's op has no backward, so whatever records gradients keeps `F.linear`. Both are fp32 GEMMs: results
-    agree to rounding (~1e-6 relative), not bit for bit.
+    faster at every batch size (the model guide's Speed section). Both are fp32 GEMMs: results agree to rounding
+    (~1e-6 relative), not bit for bit. Autocast and `torch.compile` keep `F.linear`, whose handling they own.
     """
-    if (
+    if not (
         _ONEDNN_LINEAR
-        and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
     ):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return _gemm(x, weight, bias)
+
+
+def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's x @ weight.T + bias for x (..., in), weight (out, in) of any strides; no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """`linear` with its three gradients written out, each product a oneDNN GEMM (the op has no backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _gemm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, out)
+        if ctx.needs_input_grad[0]:
+            grad_x = _gemm(grad_y, weight.t(), None)  # (..., out) @ W = (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_w = _gemm(g.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, M) @ (M, in) = (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
 
 
 if _ONEDNN_LINEAR and torch.ops.mkldnn._linear_pointwise not in flop_counter.flop_registry:
