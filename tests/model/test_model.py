@@ -238,3 +238,12 @@ def test_linear_runs_onednn_forward_and_backward_and_equals_f_linear(x_shape, bi
     with FlopCounterMode(display=False) as counter, torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert y.dtype == torch.bfloat16 and "mkldnn._linear_pointwise" not in _gemm_ops(counter)
+
+
+def test_linear_on_no_rows_trains() -> None:
+    layer = layers.Linear(3, 4)
+    x = torch.randn(2, 0, 3, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (2, 0, 4)
+    y.sum().backward()
+    assert torch.equal(layer.weight.grad, torch.zeros(4, 3)) and x.grad.shape == (2, 0, 3)

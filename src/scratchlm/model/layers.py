@@ -44,6 +44,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """oneDNN's x @ weight.T + bias for x (..., in), weight (out, in) of any strides; no autograd."""
+    if x.numel() == 0 or weight.numel() == 0:  # oneDNN has no primitive for empty products (e.g. 0 rows' grad_W)
+        return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
