@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ConfigError, ScratchlmError
@@ -94,7 +93,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
-        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., out)
+        update = linear(linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., out)
         return linear(x, self.weight, self.bias) + self.scaling * update
 
     def merged(self) -> Linear:
