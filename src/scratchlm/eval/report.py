@@ -39,43 +39,44 @@ def write_json(path: str | Path, obj: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", what="report file")
 
 
-def plot_series(path: str | Path, x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
-                title: str = "") -> None:
-    """One line per series against x (e.g. perplexity per checkpoint step), saved as PNG."""
+def _axes() -> tuple[Any, Any]:
+    """A new (figure, axes) from matplotlib's file-only backend (imported here: only plots need it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ys in series.items():
-        ax.plot(list(x), list(ys), marker="o", label=name)
+    return plt.subplots(figsize=(6, 4))
+
+
+def _save(fig: Any, ax: Any, path: str | Path, xlabel: str, title: str) -> None:
+    """Label, title, and write the figure as PNG atomically, then free it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel(xlabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
     if title:
         ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path, what="plot") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def plot_series(path: str | Path, x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
+                title: str = "") -> None:
+    """One line per series against x (e.g. perplexity per checkpoint step), saved as PNG."""
+    fig, ax = _axes()
+    for name, ys in series.items():
+        ax.plot(list(x), list(ys), marker="o", label=name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, ax, path, xlabel, title)
 
 
 def plot_histogram(path: str | Path, values: Sequence[float], bins: Sequence[float], xlabel: str,
                    title: str = "") -> None:
     """A histogram (e.g. of judge scores), saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes()
     ax.hist(list(values), bins=list(bins), edgecolor="black")
-    ax.set_xlabel(xlabel)
     ax.set_ylabel("items")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path, what="plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel, title)
