@@ -24,6 +24,7 @@ from scratchlm import checkpoint
 from scratchlm import tokenizer as tokenizers
 from scratchlm.eval.perplexity import perplexity_of_ids
 from scratchlm.eval.report import table
+from scratchlm.interop import hf as hf_io
 from scratchlm.model import GPT, ModelConfig
 
 
@@ -77,7 +78,7 @@ def main() -> None:
     model = GPT(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint.save(Path(tmp) / "ckpt", model, tok)
-        hf_dir, _ = checkpoint.export_hf(ckpt, Path(tmp) / "hf")
+        hf_dir, _ = hf_io.export_hf(ckpt, Path(tmp) / "hf")
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     input_ids = torch.tensor(ids)[None]  # (1, N)
 

@@ -11,7 +11,8 @@ import torch
 from scratchlm.cli.main import main
 from scratchlm.data.finetune import collate_classification
 from scratchlm.eval.classify import classification_report, format_report
-from scratchlm.train.modes.classify import ClassifierModel, set_trainable
+from scratchlm.model.classifier import ClassifierModel
+from scratchlm.train.modes.classify import set_trainable
 
 
 def test_predictions_identical_padded_to_20_or_200(tiny_model) -> None:

@@ -138,7 +138,6 @@ def test_lora_merge_command_gives_a_plain_checkpoint_with_the_same_logits(preset
     from scratchlm.cli.main import main
     from scratchlm.model import GPT, ModelConfig
     from scratchlm.tokenizer import CharTokenizer
-    from scratchlm.train.modes.finetune import load_finetuned, save_finetuned
 
     tok = CharTokenizer.train(["abcdefghijklmnopqrstuvwxyz "])
     llama = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False, n_kv_head=2, tie_embeddings=False)
@@ -153,10 +152,10 @@ def test_lora_merge_command_gives_a_plain_checkpoint_with_the_same_logits(preset
         for m in model.modules():
             if isinstance(m, LoRALinear):
                 m.lora_B.normal_(0, 0.1)
-    save_finetuned(tmp_path / "adapted", model, tok, {"lora": {**lora.__dict__, "base": str(tmp_path / "base")}},
-                   adapters_only=True)
+    lora_section = {**lora.__dict__, **checkpoint.base_record(tmp_path / "base")}
+    checkpoint.save_finetuned(tmp_path / "adapted", model, tok, {"lora": lora_section}, adapters_only=True)
     assert not (tmp_path / "adapted" / "model.safetensors").exists()
-    reloaded, _, _ = load_finetuned(tmp_path / "adapted")
+    reloaded = checkpoint.read(tmp_path / "adapted", merge=False).model
     ids = torch.randint(0, 27, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         adapted = model(ids)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm import checkpoint
+from scratchlm.interop import hf as hf_io
 from scratchlm.model import GPT, KVCache
 
 transformers = pytest.importorskip("transformers")
@@ -28,7 +29,7 @@ def _hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_logits_equal_transformers(kind, hf_dir, byte_tokenizer, tmp_path) -> None:
-    ours_dir = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
+    ours_dir = hf_io.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
     model, _ = checkpoint.load(ours_dir)
     ids = _ids()
     ref = _hf_logits(hf_dir(kind), ids)
@@ -43,8 +44,8 @@ def test_logits_equal_transformers(kind, hf_dir, byte_tokenizer, tmp_path) -> No
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_hf_to_ours_to_hf_same_logits_in_transformers(kind, hf_dir, byte_tokenizer, tmp_path) -> None:
-    ours = checkpoint.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
-    back, _ = checkpoint.export_hf(ours, tmp_path / "back")
+    ours = hf_io.import_hf(hf_dir(kind), tmp_path / "ours", tokenizer=byte_tokenizer)
+    back, _ = hf_io.export_hf(ours, tmp_path / "back")
     ids = _ids(seed=1)
     torch.testing.assert_close(_hf_logits(back, ids), _hf_logits(hf_dir(kind), ids), rtol=0, atol=1e-6)
 
@@ -60,8 +61,8 @@ def test_ours_to_hf_to_ours_bitwise(preset, tied, byte_tokenizer, tmp_path) -> N
     vocab, tok = (50257, tokenizer.load("gpt2")) if preset == "gpt2-tiny" else (320, tokenizer.load(byte_tokenizer))
     config = ModelConfig.from_preset(preset, context_length=64, vocab_size=vocab, tie_embeddings=tied)
     a = checkpoint.save(tmp_path / "a", GPT(config), tok)
-    hf, _ = checkpoint.export_hf(a, tmp_path / "hf")
-    b = checkpoint.import_hf(hf, tmp_path / "b")
+    hf, _ = hf_io.export_hf(a, tmp_path / "hf")
+    b = hf_io.import_hf(hf, tmp_path / "b")
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -76,7 +77,7 @@ def test_exported_gpt2_tokenizer_loads_in_autotokenizer(tmp_path) -> None:
 
     tok = tokenizer.load("gpt2")
     ckpt = checkpoint.save(tmp_path / "c", GPT(ModelConfig.from_preset("gpt2-tiny")), tok)
-    hf, notes = checkpoint.export_hf(ckpt, tmp_path / "hf")
+    hf, notes = hf_io.export_hf(ckpt, tmp_path / "hf")
     assert notes == []
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf)
     text = "Hello world, it's 2024!\n  Ünïcödé <|endoftext|> done"
@@ -100,7 +101,7 @@ def _greedy(model: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
 
 def test_greedy_32_tokens_equal_transformers_generate(hf_dir, byte_tokenizer, tmp_path) -> None:
     folder = hf_dir("gpt2")
-    model, _ = checkpoint.load(checkpoint.import_hf(folder, tmp_path / "ours", tokenizer=byte_tokenizer))
+    model, _ = checkpoint.load(hf_io.import_hf(folder, tmp_path / "ours", tokenizer=byte_tokenizer))
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     prompt = _ids(B=1, T=7, seed=3)
     with torch.no_grad():
@@ -114,7 +115,7 @@ def test_sharded_hf_folder(make_hf_model, byte_tokenizer, tmp_path) -> None:
     hf = make_hf_model("llama")
     hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
-    model, _ = checkpoint.load(checkpoint.import_hf(tmp_path / "hf", tmp_path / "ours", tokenizer=byte_tokenizer))
+    model, _ = checkpoint.load(hf_io.import_hf(tmp_path / "hf", tmp_path / "ours", tokenizer=byte_tokenizer))
     ids = _ids(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-4)

@@ -46,9 +46,10 @@ def from_hf(argv: list[str], prog: str) -> int:
     import torch
 
     from scratchlm import checkpoint
+    from scratchlm.interop import hf
 
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    out = checkpoint.import_hf(cfg.hf_dir, cfg.out, tokenizer=cfg.tokenizer, dtype=dtype)
+    out = hf.import_hf(cfg.hf_dir, cfg.out, tokenizer=cfg.tokenizer, dtype=dtype)
     config = checkpoint.load_model_config(out)
     arch = checkpoint.load_config(out)["hf_source"]["architecture"]
     print(f"wrote checkpoint {out} ({arch}: {config.n_layer} layers, d_model {config.d_model})")
@@ -57,9 +58,9 @@ def from_hf(argv: list[str], prog: str) -> int:
 
 def to_hf(argv: list[str], prog: str) -> int:
     cfg = parse(ToHFCommand, argv, prog)
-    from scratchlm import checkpoint
+    from scratchlm.interop import hf
 
-    out, notes = checkpoint.export_hf(cfg.checkpoint, cfg.out)
+    out, notes = hf.export_hf(cfg.checkpoint, cfg.out)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote Hugging Face folder {out}")

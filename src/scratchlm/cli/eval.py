@@ -76,7 +76,7 @@ class MCConfig(_EvalRun):
 
 
 def _device(name: str) -> Any:
-    from scratchlm.train.distributed import resolve_device
+    from scratchlm.device import resolve_device
 
     return resolve_device(name)
 

@@ -160,18 +160,14 @@ class DPOConfig(_FinetuneBase):
 def _start(cfg: _FinetuneBase) -> tuple[Any, Any, dict[str, Any]]:
     """Seed, then load the starting model (adapters merged in), its tokenizer and config.json."""
     from scratchlm import checkpoint
-    from scratchlm import tokenizer as tokenizers
     from scratchlm.train.loop import seed_everything
-    from scratchlm.train.modes.finetune import load_plain_model
 
-    assert cfg.checkpoint is not None
-    step = checkpoint.resolve(cfg.checkpoint)
-    config = checkpoint.load_config(step)
+    if cfg.checkpoint is None:
+        raise ConfigError("--checkpoint is required: the folder of the model to finetune")
     seed_everything(cfg.seed)
-    if "classifier" in config:
-        raise ScratchlmError(f"--checkpoint {step} is a classifier; finetune from a language-model checkpoint")
-    model = load_plain_model(step)
-    tokenizer = tokenizers.load(step / checkpoint.TOKENIZER_FILE)
+    loaded = checkpoint.read(cfg.checkpoint, expect="lm")
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+    model.train()
     if cfg.max_length is None:
         cfg.max_length = model.config.context_length
     if cfg.max_length > model.config.context_length:
@@ -192,12 +188,12 @@ def _template(name: str, config: dict[str, Any]) -> Any:
 
 
 def classify(argv: list[str], prog: str) -> int:
+    from scratchlm import checkpoint
     from scratchlm.data.finetune import load_classification
     from scratchlm.eval.classify import classification_report, format_report, predict_batches
     from scratchlm.fs import atomic_write_text
     from scratchlm.train.loop import train
     from scratchlm.train.modes.classify import ClassifyMode
-    from scratchlm.train.modes.finetune import load_finetuned
 
     cfg = parse(ClassifyConfig, argv, prog)
     model, tokenizer, _ = _start(cfg)
@@ -210,7 +206,7 @@ def classify(argv: list[str], prog: str) -> int:
     result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     if result.checkpoint is None:
         return 0
-    module, _, _ = load_finetuned(result.checkpoint)
+    module = checkpoint.read(result.checkpoint).model
     reports = {}
     for split, batches in (("val", mode.val_batches(64)), ("test", mode.test_batches(64))):
         if batches:
@@ -238,7 +234,7 @@ def sft(argv: list[str], prog: str) -> int:
 
 
 def dpo(argv: list[str], prog: str) -> int:
-    from scratchlm.train.distributed import resolve_device
+    from scratchlm.device import resolve_device
     from scratchlm.train.loop import train
     from scratchlm.train.modes.dpo import DPOMode
 
@@ -271,8 +267,9 @@ class PredictConfig:
 
 
 def predict(argv: list[str], prog: str) -> int:
-    from scratchlm.train.modes.classify import classify_texts
-    from scratchlm.train.modes.finetune import load_finetuned
+    from scratchlm import checkpoint
+    from scratchlm.device import resolve_device
+    from scratchlm.eval.classify import classify_texts
 
     cfg = parse(PredictConfig, argv, prog)
     if cfg.checkpoint is None:
@@ -284,9 +281,8 @@ def predict(argv: list[str], prog: str) -> int:
         texts += [line for line in cfg.file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise ScratchlmError('give at least one text: scratchlm classify --checkpoint DIR "some text"')
-    module, tokenizer, config = load_finetuned(cfg.checkpoint, cfg.device)
-    if "classifier" not in config:
-        raise ScratchlmError(f"{cfg.checkpoint} is not a classifier checkpoint; make one with `finetune classify`")
+    loaded = checkpoint.read(cfg.checkpoint, resolve_device(cfg.device), expect="classifier")
+    module, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     for s in range(0, len(texts), 64):
         for label, p in classify_texts(module, tokenizer, texts[s : s + 64], config["classifier"], cfg.device):
             print(f"{label}\t{p:.4f}")
@@ -308,20 +304,18 @@ class MergeConfig:
 
 def lora_merge(argv: list[str], prog: str) -> int:
     from scratchlm import checkpoint
-    from scratchlm.model.lora import merge_lora
-    from scratchlm.train.modes.finetune import ADAPTER_FILE, base_model_of, load_finetuned, save_finetuned
 
     cfg = parse(MergeConfig, argv, prog)
     if cfg.checkpoint is None or cfg.out is None:
         raise ScratchlmError("--checkpoint (the LoRA checkpoint) and --out (the merged folder) are both required")
     step = checkpoint.resolve(cfg.checkpoint)
-    if not (step / ADAPTER_FILE).is_file():
-        raise ScratchlmError(f"{step} has no {ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
-    module, tokenizer, config = load_finetuned(step)
-    merge_lora(base_model_of(module))
+    if not (step / checkpoint.ADAPTER_FILE).is_file():
+        raise ScratchlmError(f"{step} has no {checkpoint.ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
+    loaded = checkpoint.read(step)  # adapters merged, a tied head untied (exact)
+    config = loaded.config
     reserved = ("format_version", "scratchlm_version", "model", "lora")
     extra = {k: v for k, v in config.items() if k not in reserved}
-    extra["merged_from"] = {"adapters": str(step.resolve()), "base": config["lora"]["base"]}
-    save_finetuned(cfg.out, module, tokenizer, extra)
+    extra["merged_from"] = {"adapters": str(step.resolve()), "base": str(checkpoint.base_of(step, config["lora"]))}
+    checkpoint.save_finetuned(cfg.out, loaded.model, loaded.tokenizer, extra)
     print(f"merged {step} into {cfg.out}")
     return 0

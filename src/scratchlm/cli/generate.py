@@ -63,19 +63,10 @@ def sample_config(cfg: SampleConfig) -> SampleConfig:
 def load_for_generation(path: Path, device: str) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, config.json) of a language-model checkpoint; LoRA adapters are merged in."""
     from scratchlm import checkpoint
-    from scratchlm import tokenizer as tokenizers
-    from scratchlm.train.distributed import resolve_device
-    from scratchlm.train.modes.finetune import ADAPTER_FILE, load_plain_model
+    from scratchlm.device import resolve_device
 
-    step = checkpoint.resolve(path)
-    config = checkpoint.load_config(step)
-    if "classifier" in config:
-        raise ScratchlmError(f"{step} is a classifier checkpoint; use `scratchlm classify` with it")
-    dev = resolve_device(device)
-    if (step / ADAPTER_FILE).is_file():
-        model, tok = load_plain_model(step, dev), tokenizers.load(step / checkpoint.TOKENIZER_FILE)
-    else:
-        model, tok = checkpoint.load(step, device=dev)
+    loaded = checkpoint.read(path, resolve_device(device), expect="lm")
+    model, tok, config = loaded.model, loaded.tokenizer, loaded.config
     model.requires_grad_(False)
     return model.eval(), tok, config
 

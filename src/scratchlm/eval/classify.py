@@ -1,7 +1,7 @@
 """Classification metrics: accuracy, per-class precision/recall/F1 and the confusion matrix, plus a text report.
 
 Pure functions on label indices (no sklearn needed for four formulas); `predict_batches` runs a classifier
-module over padded batches. A class never predicted has precision 0 (sklearn's zero_division=0 convention).
+module over padded batches; `classify_texts` classifies raw texts as `scratchlm classify` does. A class never predicted has precision 0 (sklearn's zero_division=0 convention).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from scratchlm.data.finetune import collate_classification
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> list[list[int]]:
@@ -87,3 +89,15 @@ def predict_batches(module: nn.Module, batches: Iterable[dict[str, torch.Tensor]
         probs += p.gather(-1, best[:, None]).squeeze(-1).tolist()
     module.train(was_training)
     return y_true, y_pred, probs
+
+
+@torch.no_grad()
+def classify_texts(
+    module: nn.Module, tokenizer: Any, texts: list[str], spec: dict[str, Any], device: str = "cpu"
+) -> list[tuple[str, float]]:
+    """(label, probability) for each text, with the truncation and padding the classifier was trained with."""
+    examples = [(tokenizer.encode_ordinary(t)[: spec["max_length"]] or [spec["pad_id"]], 0) for t in texts]
+    batch = collate_classification(examples, spec["pad_id"])
+    probs = module(batch["ids"].to(device), batch["last"].to(device)).float().softmax(-1)  # (B, K)
+    p, idx = probs.max(-1)
+    return [(spec["labels"][i], float(q)) for i, q in zip(idx.tolist(), p.tolist())]

@@ -149,12 +149,22 @@ def inject_lora(model: nn.Module, config: LoRAConfig, freeze: bool = True) -> li
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and restore plain linear layers (in place; returns model)."""
+    """Fold every adapter into its base weight and restore plain linear layers (in place; returns model).
+
+    Exact for every target, a tied head included: an adapter on a head that shares the embedding's matrix
+    changes the head only, so the merged head gets its own matrix and the model is untied (`tie_embeddings`
+    False); folding the update into the shared matrix would change the embedding too.
+    """
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
+            tied = any(p is module.weight and not n.startswith(f"{name}.")
+                       for n, p in model.named_parameters(remove_duplicate=False))
             parent_name, _, leaf = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, leaf, module.merged())
+            config = getattr(model, "config", None)
+            if tied and getattr(config, "tie_embeddings", False):
+                config.tie_embeddings = False  # type: ignore[union-attr]
     return model
 
 

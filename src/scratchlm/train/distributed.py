@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchlm.device import resolve_device
 from scratchlm.errors import ScratchlmError
 
 
@@ -40,27 +41,6 @@ class DistInfo:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(flag: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is not there is a one-line error."""
-    if flag == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    kind = flag.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ScratchlmError(f"--device {flag}: CUDA is not available on this machine; use --device cpu or auto")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ScratchlmError(f"--device {flag}: MPS is not available on this machine; use --device cpu or auto")
-    if flag == "cuda":
-        return torch.device("cuda", local_rank)
-    try:
-        return torch.device(flag)
-    except RuntimeError:
-        raise ScratchlmError(f"unknown device {flag!r}; use cpu, cuda, cuda:N, mps or auto") from None
 
 
 def init_distributed(device_flag: str) -> DistInfo:

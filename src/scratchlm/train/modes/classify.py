@@ -1,4 +1,4 @@
-"""Text classification: a linear head on the hidden state of each text's LAST NON-PADDING token.
+"""Training a text classifier (`scratchlm.model.classifier.ClassifierModel`: a head on the last real token).
 
     ids (B, T) --GPT.hidden_states--> (B, T, C) --pick row b at last[b]--> (B, C) --head--> logits (B, K)
 
@@ -20,30 +20,12 @@ from torch import nn
 
 from scratchlm.data.finetune import ClassificationData, EpochBatches, collate_classification, fixed_batches
 from scratchlm.errors import ScratchlmError
-from scratchlm.model import GPT
+from scratchlm.model.classifier import ClassifierModel
 from scratchlm.model.lora import LoRAConfig
 from scratchlm.train.modes.base import Batch, BatchStream
 from scratchlm.train.modes.finetune import FinetuneMode, trainable
 
 TRAINABLE = ("head", "last", "all")
-
-
-class ClassifierModel(nn.Module):
-    """A GPT plus a linear head; `forward(ids, last)` returns class logits (the loop only calls forward)."""
-
-    def __init__(self, model: GPT, n_classes: int) -> None:
-        super().__init__()
-        self.model = model
-        w = model.tok_emb.weight
-        self.head = nn.Linear(model.config.d_model, n_classes, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            nn.init.normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
-    def forward(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        h = self.model.hidden_states(ids)  # (B, T, C)
-        h_last = h[torch.arange(ids.shape[0], device=ids.device), last]  # (B, C)
-        return self.head(h_last)  # (B, K)
 
 
 def set_trainable(module: ClassifierModel, what: str, last_k: int = 1) -> None:
@@ -128,15 +110,3 @@ class ClassifyMode(FinetuneMode):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "classifier": self.spec}
-
-
-@torch.no_grad()
-def classify_texts(
-    module: ClassifierModel, tokenizer: Any, texts: list[str], spec: dict[str, Any], device: str = "cpu"
-) -> list[tuple[str, float]]:
-    """(label, probability) for each text, with the truncation and padding the classifier was trained with."""
-    examples = [(tokenizer.encode_ordinary(t)[: spec["max_length"]] or [spec["pad_id"]], 0) for t in texts]
-    batch = collate_classification(examples, spec["pad_id"])
-    probs = module(batch["ids"].to(device), batch["last"].to(device)).float().softmax(-1)  # (B, K)
-    p, idx = probs.max(-1)
-    return [(spec["labels"][i], float(q)) for i, q in zip(idx.tolist(), p.tolist())]

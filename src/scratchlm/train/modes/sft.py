@@ -30,9 +30,10 @@ from scratchlm.data.finetune import (
 from scratchlm.errors import ScratchlmError
 from scratchlm.model import GPT
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.vocab import resize_vocab
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.base import Batch, BatchStream
-from scratchlm.train.modes.finetune import FinetuneMode, resize_vocab
+from scratchlm.train.modes.finetune import FinetuneMode
 
 
 def prepare_chat_model(model: GPT, tokenizer: Any, template: ChatTemplate) -> None:

@@ -1,4 +1,4 @@
-"""The checkpoint folder: the one format every command reads and writes.
+"""The checkpoint folder format: writing it, and reading its parts (config, weights, tokenizer, train state).
 
     runs/<name>/step_000500/
       config.json          {"format_version": 1, "scratchlm_version": ..., "model": {...ModelConfig...},
@@ -14,15 +14,14 @@ after that, so a crash never leaves a half checkpoint that looks whole.
 Loading is memory-efficient: the model is built on the meta device (no memory, no init), each tensor is read from
 the memory-mapped safetensors file and assigned into it, so the weights exist once in RAM.
 
-Hugging Face folders (`import_hf`, `export_hf`) are converted here too, with `safetensors` alone; the state-dict
-maps themselves live in `scratchlm.model.hf`.
+This module is the plain folder; `finetuned.py` adds the files of finetuned folders (adapters, a classifier head)
+and `loader.py` is the one door that opens any of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ from scratchlm.dataclass_io import from_dict, to_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_write_text
 from scratchlm.model import GPT, ModelConfig
-from scratchlm.model import hf as hf_maps
 from scratchlm.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -138,22 +136,26 @@ def save(
     into dicts). `train_state`: a `TrainState`, or a dict `{"tensors": {...}, "state": {...}}`. `state_dict`:
     weights to save instead of `model.state_dict()` (e.g. gathered from FSDP shards); `model` still gives the config.
     """
-    path = Path(path)
     config: ModelConfig = unwrap(model).config
-    weights = weights_for_save(model) if state_dict is None else {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if config.tie_embeddings:
-        weights.pop("lm_head.weight", None)
-    return _write_folder(path, config, weights, tokenizer, extra, train_state)
+    weights = weights_for_save(model) if state_dict is None else dict(state_dict)
+    return write(path, config, weights, tokenizer, extra, train_state)
 
 
-def _write_folder(
-    path: Path,
+def write(
+    path: str | os.PathLike[str],
     config: ModelConfig,
-    weights: dict[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor] | None,
     tokenizer: Tokenizer,
     extra: dict[str, Any] | None = None,
     train_state: TrainState | Mapping[str, Any] | None = None,
+    files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
+    """The one writer of checkpoint folders: everything goes into a fresh sibling that is renamed into place.
+
+    `weights` None writes no `model.safetensors` (an adapter-only folder); `files` adds more safetensors files
+    (`adapters.safetensors`, `classifier.safetensors`) to the same atomic write.
+    """
+    path = Path(path)
     if tokenizer.vocab_size > config.vocab_size:
         raise ScratchlmError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} embedding rows; "
@@ -161,20 +163,29 @@ def _write_folder(
         )
     sections = {"format_version": FORMAT_VERSION, "scratchlm_version": scratchlm.__version__, "model": to_dict(config)}
     for key, value in (extra or {}).items():
-        assert key not in sections, f"extra section {key!r} would overwrite a reserved config.json key"
+        if key in sections:
+            raise ValueError(f"extra section {key!r} would overwrite a reserved config.json key")
         sections[key] = to_dict(value)
     if train_state is not None and not isinstance(train_state, TrainState):
         train_state = TrainState(dict(train_state.get("tensors", {})), dict(train_state.get("state", {})))
+    if weights is not None and config.tie_embeddings:
+        weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}  # the embedding's tensor: stored once
     with atomic_dir(path, what="checkpoint folder") as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(sections, indent=2) + "\n")
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if weights is not None:
+            save_file(_cpu(weights), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        for name, tensors in (files or {}).items():
+            save_file(_cpu(tensors), str(tmp / name))
         tokenizer.save(tmp / TOKENIZER_FILE)
         if train_state is not None:
             (tmp / TRAIN_STATE_DIR).mkdir()
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in train_state.tensors.items()}
-            save_file(tensors, str(tmp / TRAIN_STATE_DIR / "optimizer.safetensors"))
+            save_file(_cpu(train_state.tensors), str(tmp / TRAIN_STATE_DIR / "optimizer.safetensors"))
             (tmp / TRAIN_STATE_DIR / "state.json").write_text(json.dumps(train_state.state, indent=1) + "\n")
     return path
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
 def mark_latest(step_dir: str | os.PathLike[str]) -> None:
@@ -237,19 +248,24 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     return from_dict(ModelConfig, load_config(step)["model"], where=f"{step / CONFIG_FILE} model")
 
 
-def load(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> tuple[GPT, Tokenizer]:
-    """`(model, tokenizer)` from a checkpoint (step or run folder). The model is in eval mode."""
-    step = resolve(path)
-    config = load_model_config(step)
+def load_tokenizer(step: Path, model_config: ModelConfig) -> Tokenizer:
+    """The tokenizer saved in a step folder, checked against the model's vocabulary."""
     tok = tokenizers.load(step / TOKENIZER_FILE)
-    if tok.vocab_size > config.vocab_size:
+    if tok.vocab_size > model_config.vocab_size:
         raise ScratchlmError(
-            f"checkpoint {step}: the tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size} "
-            "embedding rows; the tokenizer does not belong to these weights"
+            f"checkpoint {step}: the tokenizer has {tok.vocab_size} tokens but the model only "
+            f"{model_config.vocab_size} embedding rows; the tokenizer does not belong to these weights"
         )
-    return load_weights_into(config, step / WEIGHTS_FILE, device, dtype), tok
+    return tok
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of `config` stores, with its shape (the tied head is stored once, as the embedding)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+    return expected
 
 
 def load_weights_into(
@@ -258,15 +274,13 @@ def load_weights_into(
     """Build `GPT(config)` on the meta device and fill it from a (memory-mapped) safetensors file, checked."""
     with torch.device("meta"):
         model = GPT(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        expected.pop("lm_head.weight")
+    expected = expected_shapes(config)
     where = f"checkpoint {weights_file.parent}"
     if not weights_file.is_file():
         raise ScratchlmError(f"{where} has no {weights_file.name}; save the checkpoint again")
     try:
         with safe_open(str(weights_file), framework="pt", device=str(device)) as f:
-            _check_weights(where, expected, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
+            check_weights(where, expected, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
             weights = {k: f.get_tensor(k) for k in expected}
     except SafetensorError as e:
         raise ScratchlmError(f"{where}: {weights_file.name} is not a valid safetensors file ({e}); save it again") from None
@@ -278,7 +292,7 @@ def load_weights_into(
     return model.eval()
 
 
-def _check_weights(where: str, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+def check_weights(where: str, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing:
@@ -316,148 +330,3 @@ def load_train_state(path: str | os.PathLike[str], device: str | torch.device = 
     except (OSError, json.JSONDecodeError, SafetensorError) as e:
         raise ScratchlmError(f"cannot read {folder} ({e}); resume from another checkpoint or start afresh") from None
     return TrainState(tensors, state)
-
-
-# ---- Hugging Face folders -----------------------------------------------------------------------------------------
-HF_TOKENIZER_COPY = "scratchlm_tokenizer.json"  # our tokenizer, kept in exported HF folders for the way back
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScratchlmError(f"{what} {path} does not exist; pass a Hugging Face model folder") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ScratchlmError(f"cannot read {what} {path} ({e}); the folder is damaged") from None
-
-
-def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an HF folder: `model.safetensors`, or the shards named by `model.safetensors.index.json`."""
-    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = _read_json(index, "shard index").get("weight_map", {})
-        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
-    else:
-        raise ScratchlmError(
-            f"Hugging Face folder {hf_dir} has no model.safetensors (or sharded model.safetensors.index.json); "
-            "scratchlm reads safetensors only: re-save the model with save_pretrained(safe_serialization=True)"
-        )
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for k in f.keys():  # noqa: SIM118
-                    out[k] = f.get_tensor(k)
-        except (OSError, SafetensorError) as e:
-            raise ScratchlmError(f"cannot read {file} ({e}); download the Hugging Face folder again") from None
-    return out
-
-
-def _hf_tokenizer(hf_dir: Path, tokenizer: str | None) -> Tokenizer:
-    if tokenizer is not None:
-        return tokenizers.load(tokenizer)
-    if (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
-        tok = tokenizers.BPETokenizer.from_gpt2_files(hf_dir / "vocab.json", hf_dir / "merges.txt")
-        return _gpt2_or(tok)
-    if (hf_dir / HF_TOKENIZER_COPY).is_file():
-        return tokenizers.load(hf_dir / HF_TOKENIZER_COPY)
-    raise ScratchlmError(
-        f"Hugging Face folder {hf_dir} has no GPT-2-format tokenizer (vocab.json + merges.txt); "
-        "pass --tokenizer gpt2 or the path of a scratchlm tokenizer JSON file"
-    )
-
-
-def import_hf(
-    hf_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    tokenizer: str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """HF GPT2LMHeadModel / LlamaForCausalLM folder -> scratchlm checkpoint folder (needs no `transformers`)."""
-    hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise ScratchlmError(f"Hugging Face folder {hf_dir} does not exist; pass a folder with config.json")
-    hf_config = _read_json(hf_dir / "config.json", "Hugging Face config")
-    arch = hf_maps.architecture(hf_config)
-    config = hf_maps.config_from_hf(hf_config)
-    tok = _hf_tokenizer(hf_dir, tokenizer)
-    weights = hf_maps.state_dict_from_hf(config, read_hf_weights(hf_dir))
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
-    if config.tie_embeddings:
-        expected.pop("lm_head.weight")
-    _check_weights(f"Hugging Face folder {hf_dir}", expected, {k: tuple(v.shape) for k, v in weights.items()})
-    if dtype is not None:
-        weights = {k: v.to(dtype) for k, v in weights.items()}
-    extra = {"hf_source": {"path": str(hf_dir.resolve()), "architecture": arch}}
-    return _write_folder(Path(out), config, weights, tok, extra)
-
-
-def is_gpt2_tokenizer(tok: Tokenizer) -> bool:
-    """True when `tok` is exactly GPT-2's (same vocabulary, merges, pattern and special tokens; any name)."""
-    unnamed = lambda t: {**t.to_dict(), "name": None}  # noqa: E731
-    try:
-        return unnamed(tok) == unnamed(tokenizers.load("gpt2"))
-    except ScratchlmError:  # GPT-2's files cannot be fetched (offline, no mirror): then it is not provably GPT-2's
-        return False
-
-
-def _gpt2_or(tok: Tokenizer) -> Tokenizer:
-    """GPT-2's tokenizer itself (named "gpt2") when `tok` equals it, so identities match; else `tok`."""
-    return tokenizers.load("gpt2") if is_gpt2_tokenizer(tok) else tok
-
-
-def export_hf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, list[str]]:
-    """scratchlm checkpoint -> HF folder that `AutoModelForCausalLM` / `AutoTokenizer` load. Returns notes."""
-    step = resolve(ckpt)
-    config = load_model_config(step)
-    hf_maps.hf_architecture_for(config)  # fail before writing anything
-    tok = tokenizers.load(step / TOKENIZER_FILE)
-    with safe_open(str(step / WEIGHTS_FILE), framework="pt", device="cpu") as f:
-        ours = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
-    if config.tie_embeddings:
-        expected.pop("lm_head.weight")
-    _check_weights(f"checkpoint {step}", expected, {k: tuple(v.shape) for k, v in ours.items()})
-    hf_config = hf_maps.config_to_hf(config)
-    if tok.eot_id is not None:
-        hf_config["bos_token_id"] = hf_config["eos_token_id"] = tok.eot_id
-    weights = hf_maps.state_dict_to_hf(config, ours)
-    notes: list[str] = []
-    out = Path(out)
-    with atomic_dir(out, what="Hugging Face folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tok.save(tmp / HF_TOKENIZER_COPY)
-        if is_gpt2_tokenizer(tok):
-            _write_gpt2_tokenizer_files(tmp, config.context_length)
-        else:
-            notes.append(
-                "the tokenizer is not GPT-2's, so no Hugging Face tokenizer files were written; "
-                f"it is kept as {HF_TOKENIZER_COPY} (scratchlm reads it back)"
-            )
-    return out, notes
-
-
-def _write_gpt2_tokenizer_files(folder: Path, context_length: int) -> None:
-    """GPT-2's vocab.json + merges.txt (the very files of the tokenizer) and a GPT2Tokenizer config."""
-    from scratchlm import assets
-
-    shutil.copyfile(assets.fetch("gpt2-encoder"), folder / "vocab.json")
-    shutil.copyfile(assets.fetch("gpt2-vocab"), folder / "merges.txt")
-    eot = "<|endoftext|>"
-    tokenizer_config = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": context_length,
-        "bos_token": eot,
-        "eos_token": eot,
-        "unk_token": eot,
-        "add_prefix_space": False,
-        "errors": "replace",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    specials = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")

@@ -1,0 +1,155 @@
+"""The files a finetuned checkpoint adds to the plain folder, and how an adapter folder names its base.
+
+    full finetune          model.safetensors (+ classifier.safetensors: the head, for classifiers)
+    LoRA (adapter-only)    adapters.safetensors (the lora_A/lora_B tensors) + classifier.safetensors;
+                           NO model.safetensors: config.json's `lora` section names the base checkpoint
+
+An adapter-only folder is small (the gpt2 shape at rank 8 on q,k,v,o: 0.6M of 124M parameters) and resumes
+exactly. Its base is recorded as `lora.base`, a path RELATIVE to the adapter's step folder where one exists (so a
+`runs/` tree can move as a whole), and `lora.base_sha256`, the hash of the base's own weights file: a base that
+is missing or was changed since training is a one-line error that says which, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from scratchlm.checkpoint.folder import CONFIG_FILE, WEIGHTS_FILE, unwrap, weights_for_save, write
+from scratchlm.errors import ScratchlmError
+from scratchlm.model import GPT
+from scratchlm.model.lora import adapter_state_dict, load_adapter_state_dict
+from scratchlm.tokenizer import Tokenizer
+
+ADAPTER_FILE = "adapters.safetensors"
+HEAD_FILE = "classifier.safetensors"
+
+
+def base_model_of(module: nn.Module) -> GPT:
+    """The GPT inside a finetuning module (a classifier wraps it as `.model`)."""
+    module = unwrap(module)
+    return module if isinstance(module, GPT) else module.model  # type: ignore[return-value]
+
+
+def weights_sha256(step: Path) -> str:
+    """sha256 of the file that makes a step folder's weights what they are (its own weights, or its adapters)."""
+    file = step / WEIGHTS_FILE if (step / WEIGHTS_FILE).is_file() else step / ADAPTER_FILE
+    h = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise ScratchlmError(f"cannot read {file} ({e.strerror or e}); the checkpoint is damaged") from None
+    return h.hexdigest()
+
+
+def base_record(base_step: Path) -> dict[str, str]:
+    """What an adapter checkpoint stores about its base: the absolute path (made relative when written) + hash."""
+    base_step = Path(base_step).resolve()
+    return {"base": str(base_step), "base_sha256": weights_sha256(base_step)}
+
+
+def _relative_base(lora: Mapping[str, Any], step: Path) -> dict[str, Any]:
+    base = lora.get("base")
+    if base is None or not Path(base).is_absolute():
+        return dict(lora)
+    try:
+        rel = os.path.relpath(base, step.resolve())
+    except ValueError:  # another drive (Windows): keep it absolute
+        return dict(lora)
+    return {**lora, "base": rel}
+
+
+def base_of(step: Path, lora: Mapping[str, Any]) -> Path:
+    """The base step folder an adapter checkpoint names, checked to be the very one it was trained on."""
+    recorded = lora.get("base")
+    if not isinstance(recorded, str):
+        raise ScratchlmError(f"the LoRA checkpoint {step} names no base (config.json lora.base); it is damaged")
+    base = (step / recorded).resolve()  # an absolute record (older checkpoints) stays as it is
+    if not (base / CONFIG_FILE).is_file():
+        raise ScratchlmError(
+            f"the LoRA checkpoint {step} adapts the base checkpoint {base} (lora.base {recorded!r}), which no "
+            "longer exists; put the base back there, or merge the adapters where both exist (scratchlm lora merge)"
+        )
+    want = lora.get("base_sha256")
+    if want is not None and weights_sha256(base) != want:
+        raise ScratchlmError(
+            f"the LoRA checkpoint {step} was trained on another version of its base {base} (its weights' sha256 "
+            "changed since); restore that base, or finetune again from the current one"
+        )
+    return base
+
+
+def save_finetuned(
+    path: str | os.PathLike[str],
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    extra: dict[str, Any],
+    train_state: Any = None,
+    adapters_only: bool = False,
+) -> Path:
+    """Write a finetuned checkpoint folder (layout above) in one atomic write."""
+    path = Path(path)
+    model = base_model_of(module)
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    head = getattr(unwrap(module), "head", None)
+    if head is not None:
+        files[HEAD_FILE] = head.state_dict()
+    if adapters_only:
+        files[ADAPTER_FILE] = adapter_state_dict(model)
+    if "lora" in extra:
+        extra = {**extra, "lora": _relative_base(extra["lora"], path)}
+    weights = None if adapters_only else weights_for_save(model)
+    return write(path, model.config, weights, tokenizer, extra, train_state, files)
+
+
+def _read(file: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file), device=str(device))
+    except FileNotFoundError:
+        raise ScratchlmError(f"checkpoint {file.parent} has no {file.name}; save the checkpoint again") from None
+    except (OSError, SafetensorError) as e:
+        raise ScratchlmError(f"cannot read {file} ({e}); the checkpoint is damaged, save it again") from None
+
+
+def fill(module: nn.Module, step: Path) -> None:
+    """Fill a module built like the one that was saved (a resumed run's) from its checkpoint folder.
+
+    Reads what the folder holds: the adapters or the whole model, and the classifier head when the module has one.
+    """
+    model = base_model_of(module)
+    step = Path(step)
+    if (step / ADAPTER_FILE).is_file():
+        load_adapter_state_dict(model, _read(step / ADAPTER_FILE))
+    else:
+        state = _read(step / WEIGHTS_FILE)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+        if missing or unexpected:
+            raise ScratchlmError(
+                f"checkpoint {step}: weights do not fit the model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); resume with the settings the run was started with"
+            )
+    head = getattr(unwrap(module), "head", None)
+    if head is not None:
+        if not (step / HEAD_FILE).is_file():
+            raise ScratchlmError(f"checkpoint {step} has no {HEAD_FILE}: it is not a classifier checkpoint")
+        head.load_state_dict(_read(step / HEAD_FILE))
+
+
+def read_adapters(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return _read(step / ADAPTER_FILE, device)
+
+
+def read_head(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return _read(step / HEAD_FILE, device)
+
