@@ -23,7 +23,7 @@ from collections import Counter
 import regex
 
 from scratchlm import assets
-from scratchlm.tokenizer import GPT2_PATTERN, BPETokenizer
+from scratchlm.tokenizer import GPT2_PATTERN, read_gpt2
 from scratchlm.tokenizer.train import count_chunks, train_bpe
 
 TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -97,7 +97,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
 
     # ---- encoding ---------------------------------------------------------------------------------------------
-    ours = BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe, name="gpt2")
+    ours = read_gpt2(encoder_json, vocab_bpe, name="gpt2")
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json)
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from scratchlm.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path: Any, device: str = "cpu") -> Any:

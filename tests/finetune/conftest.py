@@ -11,7 +11,7 @@ import torch
 
 from scratchlm import checkpoint
 from scratchlm.model import GPT, ModelConfig
-from scratchlm.tokenizer import BPETokenizer
+from scratchlm.tokenizer import BPETokenizer, read_gpt2
 
 MIRROR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -21,7 +21,7 @@ def _gpt2_tokenizer() -> BPETokenizer:
     import os
 
     mirror = Path(os.environ.get("SCRATCHLM_MIRROR") or MIRROR)
-    return BPETokenizer.from_gpt2_files(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe", name="gpt2")
+    return read_gpt2(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe", name="gpt2")
 
 
 TINY = dict(vocab_size=50257, context_length=256, n_layer=2, n_head=4, d_model=64, d_ff=256)

@@ -20,9 +20,9 @@ TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}
 
 @pytest.fixture(scope="session")
 def gpt2():
-    from scratchlm.tokenizer import BPETokenizer
+    from scratchlm.tokenizer import read_gpt2
 
-    return BPETokenizer.from_gpt2_files(ENCODER_JSON, VOCAB_BPE, name="gpt2")
+    return read_gpt2(ENCODER_JSON, VOCAB_BPE, name="gpt2")
 
 
 @pytest.fixture(scope="session")

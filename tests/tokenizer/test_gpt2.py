@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scratchlm.errors import ScratchlmError
-from scratchlm.tokenizer import BPETokenizer, load
+from scratchlm.tokenizer import BPETokenizer, load, read_gpt2
 
 EOT = "<|endoftext|>"
 MIRROR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # as tests/conftest.py; read only
@@ -119,7 +119,7 @@ def test_load_gpt2_by_name_uses_the_named_assets(gpt2: BPETokenizer, mirror: Pat
     tok = load("gpt2")
     assert tok.identity() == gpt2.identity()
     # the name is informational: the same files under another name (HF's vocab.json/merges.txt) are the same ids
-    unnamed = BPETokenizer.from_gpt2_files(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe")
+    unnamed = read_gpt2(mirror / "gpt2" / "encoder.json", mirror / "gpt2" / "vocab.bpe")
     assert unnamed.name is None and unnamed.identity() == tok.identity()
     tok.add_special_tokens(["<|im_start|>"])  # each load is a fresh object: this must not leak
     assert "<|im_start|>" not in load("gpt2").special_tokens

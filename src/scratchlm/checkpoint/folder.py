@@ -32,13 +32,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-import scratchlm
 from scratchlm import tokenizer as tokenizers
 from scratchlm.dataclass_io import from_dict, to_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_write_text
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.tokenizer import Tokenizer
+from scratchlm.version import __version__
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -161,7 +161,7 @@ def write(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} embedding rows; "
             "set the model's vocab_size to at least the tokenizer's"
         )
-    sections = {"format_version": FORMAT_VERSION, "scratchlm_version": scratchlm.__version__, "model": to_dict(config)}
+    sections = {"format_version": FORMAT_VERSION, "scratchlm_version": __version__, "model": to_dict(config)}
     for key, value in (extra or {}).items():
         if key in sections:
             raise ValueError(f"extra section {key!r} would overwrite a reserved config.json key")

@@ -94,9 +94,9 @@ def _steps(checkpoint: Path, all_steps: bool) -> list[tuple[int | None, Path]]:
 
 
 def _load(step_dir: Path, device: Any) -> tuple[Any, Any]:
-    import scratchlm
+    from scratchlm import checkpoint
 
-    return scratchlm.load(step_dir, device=device)
+    return checkpoint.load(step_dir, device=device)
 
 
 def _plot_path(plot: Path | None, out: Path | None, stem: str) -> Path | None:

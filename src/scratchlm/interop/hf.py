@@ -65,7 +65,7 @@ def _hf_tokenizer(hf_dir: Path, tokenizer: str | None) -> Tokenizer:
     if tokenizer is not None:
         return tokenizers.load(tokenizer)
     if (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
-        tok = tokenizers.BPETokenizer.from_gpt2_files(hf_dir / "vocab.json", hf_dir / "merges.txt")
+        tok = tokenizers.read_gpt2(hf_dir / "vocab.json", hf_dir / "merges.txt")
         return _gpt2_or(tok)
     if (hf_dir / HF_TOKENIZER_COPY).is_file():
         return tokenizers.load(hf_dir / HF_TOKENIZER_COPY)

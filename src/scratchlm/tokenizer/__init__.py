@@ -18,7 +18,7 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.tokenizer.base import EOT, Tokenizer
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.char import CharTokenizer
-from scratchlm.tokenizer.files import from_dict, read_gpt2_files, read_json
+from scratchlm.tokenizer.files import from_dict, read_gpt2, read_gpt2_files, read_json
 from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, PATTERNS
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Tokenizer",
     "NAMED",
     "from_dict",
+    "read_gpt2",
     "load",
 ]
 

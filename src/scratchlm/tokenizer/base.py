@@ -18,6 +18,8 @@ from scratchlm.fs import atomic_write_text
 from scratchlm.tokenizer.patterns import AllowedSpecial, check_disallowed, resolve_specials, split_on_specials
 
 EOT = "<|endoftext|>"
+FORMAT = "scratchlm-tokenizer"  # tokenizer.json's "format" (the file format is described in files.py)
+FORMAT_VERSION = 1
 
 
 class Tokenizer:

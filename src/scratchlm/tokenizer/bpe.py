@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import functools
 import heapq
-import os
 from typing import Any
 
 import regex
 
 from scratchlm.errors import ScratchlmError
-from scratchlm.tokenizer.base import Tokenizer
+from scratchlm.tokenizer.base import FORMAT, FORMAT_VERSION, Tokenizer
 from scratchlm.tokenizer.patterns import GPT2_PATTERN
 
 
@@ -95,16 +94,6 @@ class BPETokenizer(Tokenizer):
         self._cache: dict[str, list[int]] = {}
 
     # ---- construction ---------------------------------------------------------------------------------------
-    @classmethod
-    def from_gpt2_files(
-        cls, encoder_json: str | os.PathLike[str], vocab_bpe: str | os.PathLike[str], name: str | None = None
-    ) -> BPETokenizer:
-        """GPT-2's `encoder.json` + `vocab.bpe` (Hugging Face's `vocab.json` + `merges.txt` are the same format)."""
-        from scratchlm.tokenizer.files import read_gpt2_files
-
-        vocab, specials = read_gpt2_files(encoder_json, vocab_bpe)
-        return cls(vocab, specials, GPT2_PATTERN, name=name)
-
     # ---- encoding -------------------------------------------------------------------------------------------
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text in which special-token strings are plain text (no checks, the fast path)."""
@@ -207,8 +196,6 @@ class BPETokenizer(Tokenizer):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; tokens are spelled with GPT-2's printable byte map so the file is readable."""
-        from scratchlm.tokenizer.files import FORMAT, FORMAT_VERSION
-
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from scratchlm.errors import ScratchlmError
-from scratchlm.tokenizer.base import Tokenizer
+from scratchlm.tokenizer.base import FORMAT, FORMAT_VERSION, Tokenizer
 from scratchlm.tokenizer.patterns import special_regex
 
 
@@ -60,8 +60,6 @@ class CharTokenizer(Tokenizer):
         return self._bytes
 
     def to_dict(self) -> dict[str, Any]:
-        from scratchlm.tokenizer.files import FORMAT, FORMAT_VERSION
-
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

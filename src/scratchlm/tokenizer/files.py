@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchlmError
-from scratchlm.tokenizer.base import Tokenizer
+from scratchlm.tokenizer.base import FORMAT, FORMAT_VERSION, Tokenizer
 from scratchlm.tokenizer.bpe import BYTE_TO_UNICODE, BPETokenizer, from_unicode
 from scratchlm.tokenizer.char import CharTokenizer
-
-FORMAT = "scratchlm-tokenizer"
-FORMAT_VERSION = 1
+from scratchlm.tokenizer.patterns import GPT2_PATTERN
 
 
 def from_dict(d: dict[str, Any], where: str = "tokenizer data") -> Tokenizer:
@@ -140,3 +138,11 @@ def read_gpt2_files(
         vocab[encoder[t]] = from_unicode(t)
     specials = {t: i for t, i in encoder.items() if t not in regular}
     return vocab, specials
+
+
+def read_gpt2(
+    encoder_json: str | os.PathLike[str], vocab_bpe: str | os.PathLike[str], name: str | None = None
+) -> BPETokenizer:
+    """GPT-2's `encoder.json` + `vocab.bpe` (Hugging Face's `vocab.json` + `merges.txt` are the same format)."""
+    vocab, specials = read_gpt2_files(encoder_json, vocab_bpe)
+    return BPETokenizer(vocab, specials, GPT2_PATTERN, name=name)
