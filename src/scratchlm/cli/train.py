@@ -49,10 +49,22 @@ class ModelOverrides:
     """Hidden width of the MLP."""
     norm: str | None = None
     """layernorm (GPT-2) or rmsnorm (Llama)."""
+    norm_eps: float | None = None
+    """Epsilon of the norms."""
     mlp: str | None = None
     """gelu (GPT-2) or swiglu (Llama)."""
     positions: str | None = None
     """learned (GPT-2) or rope (Llama)."""
+    rope_theta: float | None = None
+    """RoPE base frequency."""
+    rope_scaling_factor: float | None = None
+    """Llama 3.1-style RoPE frequency scaling factor (unset: no scaling)."""
+    rope_low_freq_factor: float | None = None
+    """Llama 3.1 RoPE scaling: low-frequency factor."""
+    rope_high_freq_factor: float | None = None
+    """Llama 3.1 RoPE scaling: high-frequency factor."""
+    rope_original_context_length: int | None = None
+    """Llama 3.1 RoPE scaling: the context length the model was trained with."""
     dropout: float | None = None
     """Dropout probability."""
     bias: bool | None = None
