@@ -205,7 +205,7 @@ def run_pretrain(cmd: PretrainCommand) -> int:
     return 0
 
 
-def data_prompt(shard_dir: Path, tokenizer: Any, n_tokens: int = 24, max_chars: int = 24) -> str | None:
+def data_prompt(shard_dir: Path, tokenizer: Any, n_tokens: int = 64, max_chars: int = 24) -> str | None:
     """A prompt from the run's own data for the closing hint: the start of the first line of the validation
     split (else of the training split), cut at a word; None when that is not printable text (e.g. token ids that
     decode to control bytes), then the hint names no --prompt."""
@@ -222,7 +222,7 @@ def data_prompt(shard_dir: Path, tokenizer: Any, n_tokens: int = 24, max_chars: 
         except Exception:  # noqa: BLE001 - any failure only means: no prompt in the hint
             return None
         line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-        if len(line) > max_chars:
+        if len(line) > max_chars or line == text.strip():  # longer, or cut by n_tokens: end at a word
             line = line[:max_chars].rsplit(" ", 1)[0] if " " in line[:max_chars] else line[:max_chars]
         if not line or not line.isprintable() or "\ufffd" in line:
             return None
