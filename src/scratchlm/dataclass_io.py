@@ -52,7 +52,13 @@ _YAML11_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def _kind(tp: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path (string)",
+    }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -72,7 +78,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return from_dict(tp, value, where)
         if dataclasses.is_dataclass(value) and isinstance(value, tp):
             return value
-        raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r:.60}; fix the value")
+        raise ConfigError(
+            f"{where} must be a mapping of {tp.__name__} fields, got {value!r:.60}; fix the value"
+        )
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None:
@@ -90,7 +98,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be one of {', '.join(_kind(a) for a in inner)}, got {value!r:.60}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r:.60}")
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r:.60}"
+            )
         return value
     if origin is tuple or tp is tuple:
         args = typing.get_args(tp)

@@ -112,7 +112,9 @@ class Mode(abc.ABC):
 
         weights = Path(path) / "model.safetensors"
         if not weights.is_file():
-            raise ScratchlmError(f"checkpoint {path} has no model.safetensors; resume from a complete step folder")
+            raise ScratchlmError(
+                f"checkpoint {path} has no model.safetensors; resume from a complete step folder"
+            )
         state = load_file(str(weights))
         try:
             missing, unexpected = module.load_state_dict(state, strict=False)
