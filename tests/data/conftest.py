@@ -100,8 +100,10 @@ def planted(tmp_path: Path, mirror: Path) -> Planted:
                                                                                              for _ in range(4)])],
         "repeated_ngrams": [" ".join(["buy cheap watches online today"] * 40)],
     }
-    for docs in low.values():
-        txt_docs.extend(docs)
+    # the too-short note is a JSONL record: in a text file, --split-docs would join it with the next block
+    for reason, docs in low.items():
+        if reason != "too_short":
+            txt_docs.extend(docs)
 
     bad_utf8 = _render(_doc(rng, vocab, 300))
     txt_docs.append(bad_utf8)  # written below with an invalid byte in the middle
@@ -111,17 +113,17 @@ def planted(tmp_path: Path, mirror: Path) -> Planted:
         blocks[-1] = blocks[-1][:200] + b"\xff\xfe" + blocks[-1][200:]
         f.write(b"\n\n".join(blocks) + b"\n")
     with gzip.open(folder / "b.jsonl.gz", "wt", encoding="utf-8") as f:
-        for d in json_docs:
+        for d in [*json_docs, *low["too_short"]]:
             f.write(json.dumps({"id": rng.random(), "text": d}) + "\n")
     with gzip.open(folder / "c.txt.gz", "wt", encoding="utf-8") as f:
         f.write("\n\n".join(gz_docs) + "\n")
     (folder / "notes.md").write_text("not picked up: folders are searched for .txt/.jsonl only\n")
 
     bad_clean = normalize(bad_utf8.encode()[:200].decode() + "\ufffd\ufffd" + bad_utf8.encode()[200:].decode())
-    p.kept = [normalize(d) for d in txt_docs[: len(txt_docs) - 5]] + [bad_clean]
+    p.kept = [normalize(d) for d in txt_docs[: len(txt_docs) - 4]] + [bad_clean]
     p.kept += [normalize(d) for d in json_docs] + [normalize(d) for d in originals[2::3]]
     p.counts = {
-        "documents_read": len(txt_docs) + len(json_docs) + len(gz_docs),
+        "documents_read": len(txt_docs) + len(json_docs) + len(gz_docs) + 1,
         "documents_kept": len(originals) + 1,
         "exact_duplicates": len(exact),
         "near_duplicates": len(near),

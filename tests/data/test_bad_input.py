@@ -132,3 +132,20 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path, capsys: pytest.Cap
     assert bad.count("\ufffd") == 2 and surrogate.count("\ufffd") == 3
     assert text == "<|endoftext|>".join([GOOD, bad, surrogate]) + "<|endoftext|>"
     assert "documents read" in capsys.readouterr().out
+
+
+def test_tokenizer_training_on_empty_or_too_little_text_is_refused(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """300 tokens asked of an empty file gave 257 silently; now one line, exit 2, no tokenizer file."""
+    empty, tiny = tmp_path / "empty.txt", tmp_path / "tiny.txt"
+    empty.write_text("")
+    tiny.write_text("abab abab")
+    out = tmp_path / "tok.json"
+    args = ["tokenizer", "train", "--vocab-size", "300", "--out", str(out), "--input"]
+    assert main([*args, str(empty)]) == 2
+    assert capsys.readouterr().err == "error: the text to train the tokenizer on is empty; pass files that contain text\n"
+    assert main([*args, str(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: the training text allows only (\d+) tokens \(no pair is left to merge\), not "
+                        r"vocab_size 300; give more text or ask for --vocab-size \1 or less\n", err), err
+    assert not out.exists()

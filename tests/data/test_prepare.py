@@ -103,3 +103,40 @@ def test_char_tokenizer_without_eot_separates_with_a_blank_line(tmp_path: Path) 
     assert manifest["separator"] == tok.encode("\n\n")
     assert manifest["tokenizer"]["eot_id"] is None
     assert tok.decode(shards.read_split(tmp_path / "out", "train").tolist()) == text.strip() + "\n\n"
+
+
+def test_tinyshakespeare_split_docs_keeps_its_documents_and_a_usable_val_split(tmp_path: Path, capsys) -> None:
+    """The README's example: most documents kept (not only most bytes), and a validation split with at least a
+    batch of gpt2-tiny's 12 x 256 windows for the pretrain example that follows it."""
+    from scratchlm.cli.main import main
+
+    out = tmp_path / "shakespeare"
+    assert main(["data", "prepare", "--dataset", "tinyshakespeare", "--split-docs", "--tokenizer", "gpt2",
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    rep = shards.read_manifest(out)["report"]
+    assert rep["documents_kept"] / rep["documents_read"] >= 0.99
+    assert rep["bytes_kept"] / rep["bytes_read"] >= 0.99
+    assert rep["quality_reasons"]["too_short"] <= 1  # at most a file's last group
+    assert shards.read_manifest(out)["settings"]["val_fraction"] == 0.1  # auto: a small corpus gets 10%
+    assert (rep["tokens_val"] - 1) // 256 >= 12 * 10
+    assert "validation split" in stdout and "10.00% of the kept documents, evenly spread" in stdout
+
+
+def test_one_large_document_leaves_its_tail_as_the_validation_split(tmp_path: Path, mirror: Path, capsys) -> None:
+    from scratchlm.cli.main import main
+    from scratchlm.data.clean import normalize
+    from scratchlm.tokenizer import load
+
+    out = tmp_path / "whole"
+    assert main(["data", "prepare", "--input", str(mirror / "the-verdict.txt"), "--tokenizer", "gpt2",
+                 "--val-fraction", "0.1", "--decontaminate", "none", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    tok = load("gpt2")
+    train, val = shards.read_split(out, "train"), shards.read_split(out, "val")
+    doc = tok.encode_ordinary(normalize((mirror / "the-verdict.txt").read_text(encoding="utf-8"))) + [tok.eot_id]
+    assert len(val) == math.ceil(0.1 * len(doc))  # the last tenth of the tokens
+    assert train[-1] == tok.eot_id and [*train[:-1].tolist(), *val.tolist()] == doc  # head + tail = the document
+    rep = shards.read_manifest(out)["report"]
+    assert (rep["documents_train"], rep["documents_val"], rep["tokens_val"]) == (1, 1, len(val))
+    assert f"the last {len(val):,} tokens of the last document" in stdout

@@ -102,3 +102,31 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path, m
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0)
     state = json.loads((tmp_path / "two" / f"step_{steps:06d}" / "train_state" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
+
+
+def test_second_sigint_during_the_save_finishes_the_checkpoint(tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the checkpoint is being written: the save completes and loads."""
+    from scratchlm import checkpoint
+
+    run, marker = tmp_path / "c", tmp_path / "saving"
+    # --save-delay holds the (only, final) save open for 3 s; the marker file says it has started
+    proc = subprocess.Popen([sys.executable, TINY, "--out", str(run), "--max-steps", "100000", "--step-delay", "0.01",
+                             "--save-delay", "3", "--save-marker", str(marker)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    while not marker.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # during the save
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "finishing the checkpoint being written" in err and "Traceback" not in err
+    step = run / (run / "latest").read_text().strip()
+    assert step.name == marker.read_text()
+    model, _ = checkpoint.load(step)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -4,6 +4,7 @@ position is one integer and whose loss can be poisoned at chosen steps (spike-gu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,11 +66,23 @@ class Stream:
 class TinyMode(Mode):
     name = "tiny"
 
-    def __init__(self, poison: dict[int, float] | None = None, accum: int = 1, delay: float = 0.0) -> None:
+    def __init__(self, poison: dict[int, float] | None = None, accum: int = 1, delay: float = 0.0,
+                 save_delay: float = 0.0, save_marker: Path | None = None) -> None:
         self.poison = poison or {}  # optimizer step -> factor on the loss and its gradients (nan allowed)
         self.accum = accum
         self.delay = delay  # seconds of sleep per training micro-batch: a slow run to interrupt, same numbers
+        self.save_delay, self.save_marker = save_delay, save_marker  # a slow save, announced by a marker file
         self.calls = 0
+
+    def save_weights(self, module: nn.Module, path: Path, tokenizer: Any, extra: dict[str, Any],
+                     train_state: Any) -> None:
+        if self.save_marker is not None:
+            self.save_marker.write_text(path.name)
+        if self.save_delay:
+            import time
+
+            time.sleep(self.save_delay)
+        super().save_weights(module, path, tokenizer, extra, train_state)
 
     @property
     def context_length(self) -> int:
@@ -100,7 +113,6 @@ class TinyMode(Mode):
 def main(argv: list[str] | None = None) -> None:
     """`python tests/train/tiny.py --out DIR ...` (or under torchrun): a real process running the loop."""
     import argparse
-    from pathlib import Path
 
     from scratchlm.train.config import TrainConfig
     from scratchlm.train.loop import train
@@ -114,14 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--resume", default=None)
     p.add_argument("--step-delay", type=float, default=0.0)
+    p.add_argument("--save-delay", type=float, default=0.0)
+    p.add_argument("--save-marker", type=Path, default=None)
     a = p.parse_args(argv)
     cfg = TrainConfig(
         out=a.out, max_steps=a.max_steps, micro_batch_size=a.micro_batch_size, global_batch_tokens=a.global_batch_tokens,
         save_every=a.save_every, resume=a.resume, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0, log_every=1,
         progress=False, spike_window=0, device="cpu",
     )
-    result = train(cfg, TinyMode(delay=a.step_delay), tiny_model(dropout=a.dropout), tokenizer())
-    raise SystemExit(143 if result.stopped == "SIGTERM" else 0)
+    mode = TinyMode(delay=a.step_delay, save_delay=a.save_delay, save_marker=a.save_marker)
+    result = train(cfg, mode, tiny_model(dropout=a.dropout), tokenizer())
+    raise SystemExit({"SIGTERM": 143, "SIGINT": 130}.get(result.stopped, 0))
 
 
 if __name__ == "__main__":

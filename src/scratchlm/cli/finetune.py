@@ -1,7 +1,7 @@
 """`scratchlm finetune classify|sft|dpo`, `scratchlm classify`, `scratchlm lora merge`.
 
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
-`--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora-rank`, ...). The command loads the
+`--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora.rank`, ...). The command loads the
 starting checkpoint, builds the mode and hands both to `scratchlm.train.train`: there is no other loop.
 """
 
@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tyro
 
 from scratchlm.cli.parsing import parse
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.model.lora import LoRAConfig
 from scratchlm.train.config import TrainConfig
 
 
@@ -38,14 +39,15 @@ class _FinetuneBase(TrainConfig):
     """Longest example in tokens (longer ones are truncated); default: the model's context length."""
     val_fraction: float = 0.1
     """Fraction of the data held out for validation."""
-    lora_rank: int = 0
-    """LoRA rank r (0: no LoRA, the selected weights train directly)."""
-    lora_alpha: float = 16.0
-    """LoRA scale: updates are multiplied by alpha / rank."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA adapters' inputs."""
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
-    """Layers that get adapters, comma-separated: q,k,v,o,mlp (or module names such as lm_head)."""
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=0))
+    """LoRA adapters (--lora.rank R, --lora.alpha, --lora.dropout, --lora.targets q,k,v,o,mlp): the same keys as
+    the `lora` section of config.json. Rank 0 (the default): no LoRA, the selected weights train directly."""
+
+    # the flags before `lora` became one section; they keep working
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {
+        "lora_rank": "lora.rank", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+        "lora_targets": "lora.targets",
+    }
 
     # the loop's defaults, tuned for finetuning rather than pretraining
     out: Path = Path("runs/finetune")
@@ -69,7 +71,6 @@ class _FinetuneBase(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.lora_targets = _split_commas(self.lora_targets)
         if self.checkpoint is None:
             raise ConfigError("--checkpoint is required: the folder of the model to finetune")
         if self.data is None:
@@ -82,12 +83,8 @@ class _FinetuneBase(TrainConfig):
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
-    def lora_config(self) -> Any:
-        from scratchlm.model.lora import LoRAConfig
-
-        if self.lora_rank == 0:
-            return None
-        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+    def lora_config(self) -> LoRAConfig | None:
+        return self.lora if self.lora.enabled else None
 
 
 @dataclass

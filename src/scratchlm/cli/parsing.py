@@ -32,7 +32,7 @@ def parse(
 
     `base`: field values applied first (e.g. a preset); the --config file and then the flags override them.
     """
-    argv = list(argv)
+    argv = _apply_aliases(list(argv), getattr(cls, "FLAG_ALIASES", {}))
     default: T | None = None
     config_path = _pop_option(argv, "--config")
     if config_path is not None:
@@ -53,15 +53,61 @@ def parse(
 
 
 def load_yaml_config(cls: type[T], path: Path, base: dict | None = None) -> T:
+    if path.is_dir():
+        hint = f" (its run config is {path / 'config.yaml'})" if (path / "config.yaml").is_file() else ""
+        raise ScratchlmError(f"--config {path} is a folder{hint}; pass a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ScratchlmError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+    except OSError as e:
+        raise ScratchlmError(f"cannot read config file {path} ({e.strerror or e}); pass a readable YAML file") from None
+    try:
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScratchlmError(
+            f"config file {path} is not a text file (byte {e.start} is {raw[e.start : e.start + 1]!r}); "
+            "pass a YAML file such as a run's config.yaml"
+        ) from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ScratchlmError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(data, dict):
         raise ScratchlmError(f"config file {path} is not a YAML mapping of settings; fix the file")
+    data = _alias_keys(data, getattr(cls, "FLAG_ALIASES", {}))
     return from_dict(cls, _merge(base or {}, data), where=str(path))
+
+
+def _apply_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """Old flag spellings (`--lora-rank`) -> the one spelling (`--lora.rank`), so existing commands keep working.
+
+    `aliases` maps an old field-style name (`lora_rank`) to the dotted field path (`lora.rank`)."""
+    if not aliases:
+        return argv
+    spellings = {}
+    for old, new in aliases.items():
+        spellings["--" + old] = spellings["--" + old.replace("_", "-")] = "--" + new
+    out = []
+    for tok in argv:
+        name, eq, value = tok.partition("=")
+        out.append(spellings[name] + eq + value if name in spellings else tok)
+    return out
+
+
+def _alias_keys(data: dict, aliases: dict[str, str]) -> dict:
+    """The same for YAML: `lora_rank: 8` (an older config.yaml) -> `lora: {rank: 8}`."""
+    data = dict(data)
+    for old, new in aliases.items():
+        if old in data:
+            value = data.pop(old)
+            section, key = new.split(".", 1)
+            nested = data.setdefault(section, {})
+            if isinstance(nested, dict):
+                nested.setdefault(key, value)
+    return data
 
 
 def _merge(base: dict, over: dict) -> dict:

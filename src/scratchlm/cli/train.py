@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,10 +50,22 @@ class ModelOverrides:
     """Hidden width of the MLP."""
     norm: str | None = None
     """layernorm (GPT-2) or rmsnorm (Llama)."""
+    norm_eps: float | None = None
+    """Epsilon of the norms."""
     mlp: str | None = None
     """gelu (GPT-2) or swiglu (Llama)."""
     positions: str | None = None
     """learned (GPT-2) or rope (Llama)."""
+    rope_theta: float | None = None
+    """RoPE base frequency."""
+    rope_scaling_factor: float | None = None
+    """Llama 3.1-style RoPE frequency scaling factor (unset: no scaling)."""
+    rope_low_freq_factor: float | None = None
+    """Llama 3.1 RoPE scaling: low-frequency factor."""
+    rope_high_freq_factor: float | None = None
+    """Llama 3.1 RoPE scaling: high-frequency factor."""
+    rope_original_context_length: int | None = None
+    """Llama 3.1 RoPE scaling: the context length the model was trained with."""
     dropout: float | None = None
     """Dropout probability."""
     bias: bool | None = None
@@ -185,8 +198,36 @@ def run_pretrain(cmd: PretrainCommand) -> int:
         text = generate(model, tokenizer, cmd.sample_prompt, cmd.sample_at_end, temperature=0.8, top_k=200,
                         seed=cmd.seed)
         print0(f"\n--- sample from {result.checkpoint} ---\n{cmd.sample_prompt}{text}\n---")
-        print0(f"continue it: scratchlm generate --checkpoint {cmd.out} --prompt \"ROMEO:\"")
+    if result.checkpoint is not None:
+        prompt = data_prompt(shard_dir, tokenizer)
+        hint = f" --prompt {shlex.quote(prompt)}" if prompt else ""
+        print0(f"continue it: scratchlm generate --checkpoint {shlex.quote(str(cmd.out))}{hint}")
     return 0
+
+
+def data_prompt(shard_dir: Path, tokenizer: Any, n_tokens: int = 64, max_chars: int = 24) -> str | None:
+    """A prompt from the run's own data for the closing hint: the start of the first line of the validation
+    split (else of the training split), cut at a word; None when that is not printable text (e.g. token ids that
+    decode to control bytes), then the hint names no --prompt."""
+    from scratchlm.data import shards
+
+    manifest = shards.read_manifest(shard_dir)
+    for split in ("val", "train"):
+        paths = shards.split_paths(shard_dir, split, manifest)
+        if not paths:
+            continue
+        ids = [int(t) for t in shards.open_shard(paths[0])[:n_tokens] if int(t) != tokenizer.eot_id]
+        try:
+            text = tokenizer.decode(ids)
+        except Exception:  # noqa: BLE001 - any failure only means: no prompt in the hint
+            return None
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        if len(line) > max_chars or line == text.strip():  # longer, or cut by n_tokens: end at a word
+            line = line[:max_chars].rsplit(" ", 1)[0] if " " in line[:max_chars] else line[:max_chars]
+        if not line or not line.isprintable() or "\ufffd" in line:
+            return None
+        return line
+    return None
 
 
 def _is_rank0() -> bool:

@@ -27,6 +27,7 @@ Knows nothing of models: ids, masks and tensors only.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -49,12 +50,31 @@ Batch = dict[str, torch.Tensor]
 # ------------------------------------------------------------------------------------------------ reading files
 
 
+def read_text_file(path: str | Path) -> str:
+    """The UTF-8 text of a --data file (a byte-order mark is dropped); binary or non-UTF-8 files are one-line
+    errors naming the line, not a UnicodeDecodeError traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScratchlmError(f"--data {path} is a folder; pass a data file")
+    if not path.is_file():
+        raise ScratchlmError(f"data file {path} does not exist; pass an existing --data file")
+    raw = path.read_bytes()
+    if b"\0" in raw[:8192]:
+        raise ScratchlmError(f"data file {path} looks binary (a NUL byte in its first 8192 bytes); pass a text file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ScratchlmError(
+            f"{path}:{line} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save the file as "
+            "UTF-8 (or fix that byte)"
+        ) from None
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """A JSON list of objects, or JSONL (one object per line)."""
     path = Path(path)
-    if not path.is_file():
-        raise ScratchlmError(f"data file {path} does not exist; pass an existing --data file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -80,16 +100,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Rows of a CSV/TSV (by extension; header row unless `columns` names them) or JSONL/JSON file."""
     path = Path(path)
-    if not path.is_file():
-        raise ScratchlmError(f"data file {path} does not exist; pass an existing --data file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return [{k: v for k, v in r.items()} for r in read_records(path)]
+    text = read_text_file(path)
     delimiter = "\t" if suffix in (".tsv", ".tab") or suffix == "" else ","
-    with open(path, encoding="utf-8", newline="") as f:
-        # QUOTE_NONE for TSV: the SMS spam file has unbalanced quotes inside messages
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        rows = [r for r in csv.reader(f, delimiter=delimiter, quoting=quoting) if r]
+    # QUOTE_NONE for TSV: the SMS spam file has unbalanced quotes inside messages
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting) if r]
     if not rows:
         raise ScratchlmError(f"{path} holds no rows; give a CSV/TSV with at least one row")
     header = list(columns) if columns else rows.pop(0)

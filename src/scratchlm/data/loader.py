@@ -16,7 +16,7 @@ as one process with w accumulation steps (docs/contracts.md).
 
 The position is (epoch, batch index): `state_dict()` records it and `load_state_dict()` restores it exactly;
 iteration goes on through epochs forever (the trainer decides when to stop). `eval_batches()` is the
-deterministic full pass for validation: windows in order, rank-strided, last batch possibly smaller.
+deterministic, finite pass for validation: every window once, rank-strided, last batch possibly smaller.
 """
 
 from __future__ import annotations
@@ -211,10 +211,16 @@ class TokenLoader:
         self.batch = done // (self.batch_size * self.world_size)
 
     # ---- evaluation -------------------------------------------------------------------------------------------
-    def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's windows in order (w = rank, rank + world_size, ...), in batches of at most B; the same every
-        call. `max_batches` caps the pass (None: all of it)."""
-        mine = np.arange(self.rank, self.n_windows, self.world_size)
+    def eval_batches(
+        self, max_batches: int | None = None, shuffled: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's windows (w = rank, rank + world_size, ... of the split's windows), in batches of at most B:
+        the last batch may be smaller, so a split with fewer windows than B is still scored whole. The same every
+        call. `shuffled`: in the epoch-0 permutation instead of in order, so that a pass cut at `max_batches`
+        samples the whole split (what the training loop's validation uses). `max_batches` caps the pass (None:
+        all of it)."""
+        order = self.permutation(0) if shuffled else np.arange(self.n_windows)
+        mine = order[self.rank :: self.world_size]
         for n, i in enumerate(range(0, mine.size, self.batch_size)):
             if max_batches is not None and n >= max_batches:
                 return

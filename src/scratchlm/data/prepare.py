@@ -70,6 +70,8 @@ TOKENIZER_FILE = "tokenizer.json"
 STATE_VERSION = 1
 _CHUNK_BYTES = 256 << 10
 _CHUNK_DOCS = 512
+AUTO_VAL_BYTES = 1 << 20
+"""An unset --val-fraction aims at this much validation text (within 1% to 10% of the input)."""
 _SMALL_INPUT = 2 << 20
 """With `workers=0` (all cores), inputs smaller than this run in-process: starting workers would cost more."""
 
@@ -89,9 +91,12 @@ class PrepareConfig:
     text_field: str = "text"
     """Field of each JSONL record that holds the text."""
     split_docs: bool = False
-    """Cut text files into documents at blank lines (default: one file, one document)."""
-    val_fraction: float = 0.01
-    """Share of kept documents that go to the validation split (evenly spread, deterministic)."""
+    """Cut text files into documents at blank lines, joining blocks shorter than --min-chars with the next ones
+    (default: one file, one document)."""
+    val_fraction: float | None = None
+    """Share of kept documents that go to the validation split (evenly spread, deterministic). Unset: about 1 MiB
+    of the input, between 1% and 10% (10% of Tiny Shakespeare, 1% of 100 MiB or more). Input with fewer
+    documents than that takes the last document's tail instead (a single text file: its last part)."""
     shard_tokens: int = 50_000_000
     """Tokens per shard file (the last shard of a split may be shorter)."""
     workers: int = 0
@@ -127,7 +132,7 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1), e.g. 0.01"),
+            (self.val_fraction is None or 0 <= self.val_fraction < 1, "val_fraction must be in [0, 1), e.g. 0.01"),
             (self.shard_tokens >= 1, "shard_tokens must be at least 1"),
             (self.workers >= 0, "workers must be >= 0 (0 means all cores)"),
             (self.max_document_mb > 0, "max_document_mb must be positive"),
@@ -294,7 +299,7 @@ class SplitWriter:
         return self.out / (shards.shard_name(self.split, self.index) + ".partial")
 
     def _open(self) -> None:
-        self._file = open(self._partial, "wb")
+        self._file = open(self._partial, "w+b")  # read too: `pop_tail` moves a tail to validation
         self._file.write(shards.pack_header(0, self.vocab_size, self.dtype))  # the count is filled in at the end
 
     def write(self, tokens: np.ndarray) -> bool:
@@ -334,6 +339,20 @@ class SplitWriter:
         """Complete the last, shorter shard (if any tokens are pending)."""
         if self.tokens:
             self._finish()
+
+    def pop_tail(self, k: int, replace_with: np.ndarray) -> np.ndarray:
+        """Remove the last `k` tokens (all in the open shard) and return them; `replace_with` takes their place."""
+        assert self._file is not None and len(replace_with) <= k <= self.tokens
+        f = self._file
+        f.flush()
+        start = shards.HEADER_SIZE + (self.tokens - k) * self.dtype.itemsize
+        f.seek(start)
+        tail = np.frombuffer(f.read(k * self.dtype.itemsize), dtype=self.dtype).copy()
+        f.seek(start)
+        f.truncate()
+        f.write(replace_with.astype(self.dtype).tobytes())
+        self.tokens += len(replace_with) - k
+        return tail
 
     def sync(self) -> None:
         if self._file is not None:
@@ -405,6 +424,7 @@ _COUNTERS = (
     "documents_val",
     "tokens_train",
     "tokens_val",
+    "val_tail",
 )
 
 
@@ -420,6 +440,7 @@ class _Run:
         self.report: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
         self.reasons = dict.fromkeys(REASONS, 0)
         self.docs_consumed = 0
+        self.last_doc_tokens = 0  # the newest kept document's tokens: `hold_out_tail` may split it
         self.exact = HashIndex() if cfg.exact_dedup else None
         self.near = NearDupIndex(cfg.minhash_perms, cfg.near_threshold) if cfg.near_dedup else None
         self.deltas: list[str] = []
@@ -451,6 +472,7 @@ class _Run:
             **self.header,
             "settings": self.settings,
             "docs_consumed": self.docs_consumed,
+            "last_doc_tokens": self.last_doc_tokens,
             "report": self.report,
             "reasons": self.reasons,
             "writers": {s: w.state() for s, w in self.writers.items()},
@@ -460,6 +482,7 @@ class _Run:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.docs_consumed = state["docs_consumed"]
+        self.last_doc_tokens = state.get("last_doc_tokens", 0)
         self.report.update(state["report"])
         self.reasons.update(state["reasons"])
         for s, w in self.writers.items():
@@ -534,13 +557,32 @@ class _Run:
         rep["bytes_kept"] += clean_bytes
         rep[f"documents_{split}"] += 1
         rep[f"tokens_{split}"] += int(tokens.size)
+        self.last_doc_tokens = int(tokens.size)
         return self.writers[split].write(tokens)
+
+    def hold_out_tail(self) -> None:
+        """No kept document fell to validation (fewer than 1/f of them, e.g. one large text file): the last
+        `val_fraction` of the tokens, taken from the end of the last document (at most half of it), become the
+        validation split, as nanoGPT holds out the end of a single text. The document's head keeps a separator."""
+        f, rep, train = self.cfg.val_fraction, self.report, self.writers["train"]
+        if not f or rep["documents_val"] or not rep["documents_train"]:
+            return
+        sep = np.array(self.settings["separator"], dtype=train.dtype)
+        k = min(math.ceil(f * rep["tokens_train"]), self.last_doc_tokens // 2, train.tokens)
+        if k < max(2, len(sep) + 1):
+            return  # nothing to split off (a tiny input): the report says there is no validation split
+        tail = train.pop_tail(k, sep)
+        self.writers["val"].write(tail)
+        rep["tokens_train"] += len(sep) - k
+        rep["tokens_val"] += k
+        rep["documents_val"] = 1
+        rep["val_tail"] = 1
 
     # ---- the whole run --------------------------------------------------------------------------------------
     def run(
         self, files: list[InputFile], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, progress: bool
     ) -> None:
-        docs = read_documents(files, self.cfg.split_docs, int(self.cfg.max_document_mb * 2**20))
+        docs = read_documents(files, self.cfg.split_docs, int(self.cfg.max_document_mb * 2**20), self.cfg.min_chars)
         docs = itertools.islice(docs, self.docs_consumed, None)
         workers = self.cfg.workers or os.cpu_count() or 1
         if self.cfg.workers == 0 and sum(f.size for f in files) < _SMALL_INPUT:
@@ -555,6 +597,7 @@ class _Run:
                     if progress and time.monotonic() - last > 5:
                         last = time.monotonic()
                         self._print_progress(last - t0, start_bytes)
+            self.hold_out_tail()
         except BaseException:
             for w in self.writers.values():
                 w.abort()
@@ -609,6 +652,15 @@ def _results(
 # ------------------------------------------------------------------------------------------------ entry point
 
 
+def auto_val_fraction(input_bytes: int) -> float:
+    """The --val-fraction used when it is unset: about `AUTO_VAL_BYTES` of the input, clamped to [1%, 10%].
+
+    A fixed 1% leaves small corpora a validation split too small to evaluate on (Tiny Shakespeare: 3,000 GPT-2
+    tokens, one batch of 12 x 256); 10% of a large corpus would waste training data.
+    """
+    return round(min(0.1, max(0.01, AUTO_VAL_BYTES / max(input_bytes, 1))), 4)
+
+
 def _settings(cfg: PrepareConfig, files: list[InputFile], tok: Any, separator: list[int]) -> dict[str, Any]:
     """Everything that determines the output (not `out`, not `workers`): compared on resume, kept in the manifest."""
     d = to_dict(cfg)
@@ -656,6 +708,8 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
             ) from None
     paths = [*cfg.input, *(assets.fetch(name) for name in cfg.dataset)]
     files = resolve_inputs(paths, cfg.text_field)
+    if cfg.val_fraction is None:  # resolved once, from the input size, and recorded in the manifest's settings
+        cfg = dataclasses.replace(cfg, val_fraction=auto_val_fraction(sum(f.size for f in files)))
     settings = _settings(cfg, files, tok, separator)
     header = {
         "format": shards.MANIFEST_FORMAT,
@@ -729,7 +783,8 @@ def _drop_summary(run: _Run) -> str:
 def _manifest(run: _Run) -> dict[str, Any]:
     rep = dict(run.report)
     sep = len(run.settings["separator"])
-    content_tokens = rep["tokens_train"] + rep["tokens_val"] - sep * rep["documents_kept"]
+    # one separator per document in each split (a document split by `hold_out_tail` has one in each)
+    content_tokens = rep["tokens_train"] + rep["tokens_val"] - sep * (rep["documents_train"] + rep["documents_val"])
     rep["quality_reasons"] = dict(run.reasons)
     rep["shards_train"] = len(run.writers["train"].shards)
     rep["shards_val"] = len(run.writers["val"].shards)
@@ -742,6 +797,16 @@ def _manifest(run: _Run) -> dict[str, Any]:
         "settings": run.settings,
         "report": rep,
     }
+
+
+def _val_rule(manifest: dict[str, Any]) -> str:
+    """How the validation split was chosen, in words (a row of the report)."""
+    rep, f = manifest["report"], manifest["settings"].get("val_fraction") or 0
+    if rep.get("val_tail"):
+        return f"the last {rep['tokens_val']:,} tokens of the last document (fewer documents than 1/{f:g})"
+    if not rep["tokens_val"]:
+        return "none (--val-fraction 0)" if not f else "none: the input is too small; give more text"
+    return f"{f:.2%} of the kept documents, evenly spread (--val-fraction {f:g})"
 
 
 def format_report(manifest: dict[str, Any]) -> str:
@@ -767,6 +832,7 @@ def format_report(manifest: dict[str, Any]) -> str:
         ("invalid UTF-8 (replaced)", f"{rep['invalid_utf8']:,}", ""),
         ("MB read / kept", f"{rep['bytes_read'] / 1e6:,.2f} / {rep['bytes_kept'] / 1e6:,.2f}", ""),
         ("documents train / val", f"{rep['documents_train']:,} / {rep['documents_val']:,}", ""),
+        ("validation split", "", _val_rule(manifest)),
         ("tokens train / val", f"{rep['tokens_train']:,} / {rep['tokens_val']:,}", ""),
         ("shards train / val", f"{rep['shards_train']} / {rep['shards_val']}", ""),
         ("bytes per token", f"{rep['bytes_per_token']}", ""),

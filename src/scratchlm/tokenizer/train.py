@@ -32,7 +32,7 @@ from typing import Literal
 
 import regex
 
-from scratchlm.errors import ConfigError
+from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.tokenizer.base import Tokenizer
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.char import CharTokenizer
@@ -172,9 +172,20 @@ def train(
 ) -> Tokenizer:
     """Train the tokenizer `config` describes on `texts` (an iterable of documents or files' contents)."""
     if config.kind == "char":
+        texts = list(texts)
+        if not any(texts):
+            raise ScratchlmError("the text to train the tokenizer on is empty; pass files that contain text")
         return CharTokenizer.train(texts, list(config.special))
     counts = count_chunks(texts, config.pattern, config.special)
+    if not counts:
+        raise ScratchlmError("the text to train the tokenizer on is empty; pass files that contain text")
     n_merges = config.vocab_size - 256 - len(config.special)
     vocab, _ = train_bpe(counts, n_merges, on_merge)
+    if len(vocab) < 256 + n_merges:  # the text ran out of pairs to merge: a smaller vocabulary than asked
+        reached = len(vocab) + len(config.special)
+        raise ScratchlmError(
+            f"the training text allows only {reached} tokens (no pair is left to merge), not vocab_size "
+            f"{config.vocab_size}; give more text or ask for --vocab-size {reached} or less"
+        )
     specials = {tok: len(vocab) + k for k, tok in enumerate(config.special)}
     return BPETokenizer(vocab, specials, config.pattern)

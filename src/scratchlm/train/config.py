@@ -8,6 +8,7 @@ they cannot disagree with the fields they come from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from scratchlm.errors import ConfigError
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_LR = 1.0
+"""Larger AdamW learning rates are typos (1e6 for 1e-6): refused with a pointer to typical values."""
 
 
 @dataclass
@@ -107,6 +110,9 @@ class TrainConfig:
     """This many spikes within one window roll back to the last good checkpoint."""
     spike_lr_factor: float = 0.5
     """After a rollback the learning rate is multiplied by this factor."""
+    spike_lr_floor: float = 0.01
+    """Rollbacks never lower the learning rate below this fraction of its schedule; at the floor, spikes are only
+    skipped (a run that reaches it ends with a warning: its batches may be too small and noisy for the guard)."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -125,6 +131,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        self._check_numbers()
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"--min-lr {self.min_lr} must lie between 0 and --lr {self.lr}")
         if self.warmup_steps < 0:
@@ -138,3 +145,42 @@ class TrainConfig:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
         if self.resume is not None and self.resume == "":
             raise ConfigError("--resume needs `auto` or a checkpoint path")
+
+    def _check_numbers(self) -> None:
+        """Finite, in range and plausible: a typo such as --lr 1e6 is refused here, not found out at step 300."""
+        floats = ("lr", "min_lr", "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+                  "spike_zscore", "spike_lr_factor", "spike_lr_floor")
+        for name in (*floats, "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"--{_flag(name)} must be a finite number, got {value}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(
+                f"--lr {self.lr:g} is not a plausible AdamW learning rate (use a value in (0, {MAX_LR:g}]; "
+                "typical: 1e-3 for tiny models, 6e-4 for GPT-2 small, 1e-4 to 1e-5 for finetuning)"
+            )
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if not 0 <= self.weight_decay <= 10:
+            raise ConfigError(f"--weight-decay must lie in [0, 10] (typical: 0.1), got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must lie in [0, 1) (typical: 0.9 and 0.95), got {getattr(self, name)}")
+        if not 0 < self.eps <= 1:
+            raise ConfigError(f"--eps must lie in (0, 1] (typical: 1e-8), got {self.eps}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.spike_zscore <= 0:
+            raise ConfigError(f"--spike-zscore must be positive, got {self.spike_zscore}")
+        if self.spike_patience < 0:
+            raise ConfigError(f"--spike-patience must be >= 0 (0: never roll back), got {self.spike_patience}")
+        if not 0 < self.spike_lr_factor <= 1:
+            raise ConfigError(f"--spike-lr-factor must lie in (0, 1], got {self.spike_lr_factor}")
+        if not 0 < self.spike_lr_floor <= 1:
+            raise ConfigError(f"--spike-lr-floor must lie in (0, 1], got {self.spike_lr_floor}")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"--sample-tokens must be >= 0, got {self.sample_tokens}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

@@ -26,6 +26,7 @@ import math
 import random
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class TrainResult:
     train_loss: float | None = None
     val_loss: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Problems of a run that completed (e.g. the spike guard lowered the LR to its floor), also printed."""
 
 
 # ---- reproducibility ----------------------------------------------------------------------------------------
@@ -159,16 +162,37 @@ def _check_resume_compatible(path: Path, model_config: dict[str, Any] | None, to
 
 class _Stop:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the current step and returns.
-    A second signal interrupts at once."""
+
+    A second signal interrupts at once, except while a checkpoint is being written: interrupting the save would
+    leave no checkpoint of the run's last steps (the user pressed Ctrl-C twice because the save seemed slow).
+    So during a save a second signal only says that the save is finishing; a third abandons it (`save` then
+    says which complete checkpoint remains).
+    """
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.saving = False
+        self._deferred = 0
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            return
+        if self.saving and self._deferred == 0:
+            self._deferred += 1
+            print("finishing the checkpoint being written (a moment); Ctrl-C again abandons it", file=sys.stderr,
+                  flush=True)
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def saving_checkpoint(self) -> Iterator[None]:
+        self.saving, self._deferred = True, 0
+        try:
+            yield
+        finally:
+            self.saving = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Stop]:
@@ -266,7 +290,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience)
         self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
-        mode.val_batches(cfg.micro_batch_size)  # a val split too small for one batch fails now, not at step 250
+        self.evaluate_val = self._check_validation()
         if cfg.eval_tasks:  # likewise a typo in a task name
             from scratchlm.eval.periodic import check_tasks
 
@@ -277,6 +301,8 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.floor_reported = False
         self.last_checkpoint: Path | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.main)
         # different ranks draw different dropout masks; rank 0 keeps the plain seed (1 process == rank 0)
@@ -300,6 +326,30 @@ class Trainer:
         self.peak = peak_flops(self.device, self.precision)
         self.n_params = n_params
 
+    def _check_validation(self) -> bool:
+        """Before step 1: can every evaluation of this run score at least one validation batch?
+
+        A split smaller than a batch is scored in one short batch (modes yield a short last batch), so only a
+        split with no batch at all is a problem: an error when --eval-every asks for evaluations, a note (and no
+        validation loss) when --eval-every 0, which needs no validation split. Returns whether to score it.
+        """
+        cfg = self.cfg
+        try:
+            batches = self.mode.val_batches(cfg.micro_batch_size)
+            problem = None if batches is not None and next(iter(batches), None) is not None else "no validation split"
+        except ScratchlmError as e:
+            problem = str(e)
+        if problem is None:
+            return True
+        if cfg.eval_every:
+            raise ScratchlmError(
+                f"--eval-every {cfg.eval_every} needs a validation split to evaluate on ({problem}); give the run "
+                "one (`data prepare --val-fraction`, or --val-fraction when finetuning) or pass --eval-every 0"
+            )
+        if self.main:
+            D.print0(f"note: no validation loss in this run ({problem})")
+        return False
+
     # ---- checkpoints ----------------------------------------------------------------------------------------
 
     def _check_and_load(self, path: Path, restore_stream: bool) -> None:
@@ -309,7 +359,8 @@ class Trainer:
         _check_resume_compatible(path, self.model_config, self.tokenizer)
         self.mode.load_weights(self.module, path)
         ts = checkpoint.load_train_state(path)
-        assert ts is not None, f"{path} has no train_state"
+        if ts is None:
+            raise ScratchlmError(f"{path} has no train_state/ (weights only); resume from a checkpoint of a run")
         state = ts.to_nested()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens, self.lr_scale = state["step"], state["tokens"], state["lr_scale"]
@@ -357,8 +408,18 @@ class Trainer:
         extra.update(self.extra)
         path = self.out / f"{STEP_PREFIX}{self.step:06d}"
         train_state = checkpoint.TrainState.from_nested(state)
-        self.mode.save_weights(self.module, path, self.tokenizer, extra, train_state)
-        checkpoint.mark_latest(path)
+        stopper = getattr(self, "stopper", None)
+        guard = stopper.saving_checkpoint() if stopper is not None else contextlib.nullcontext()
+        try:
+            with guard:
+                self.mode.save_weights(self.module, path, self.tokenizer, extra, train_state)
+                checkpoint.mark_latest(path)
+        except KeyboardInterrupt:
+            remains = f"the newest complete checkpoint is {self.last_checkpoint}" if self.last_checkpoint else (
+                "this run has no complete checkpoint")
+            print(f"interrupted while writing {path.name}: that checkpoint was abandoned; {remains}",
+                  file=sys.stderr, flush=True)
+            raise
         self.last_checkpoint = path
         if self.cfg.keep_last:
             for old in step_dirs(self.out)[: -self.cfg.keep_last]:
@@ -373,7 +434,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss and perplexity (and periodic eval tasks) on rank 0 with the unwrapped module."""
         results: dict[str, float] = {}
-        batches = self.mode.val_batches(self.cfg.micro_batch_size)
+        batches = self.mode.val_batches(self.cfg.micro_batch_size) if self.evaluate_val else None
         was_training = self.module.training
         self.module.eval()
         try:
@@ -473,7 +534,17 @@ class Trainer:
     def _rollback(self, reason: str) -> None:
         """Repeated spikes: back to the last good checkpoint's weights, AdamW moments, step and guard, with a
         lower LR. The data stream is not rewound, so the batches that caused the spikes are not replayed."""
-        new_scale = self.lr_scale * self.cfg.spike_lr_factor
+        floor = self.cfg.spike_lr_floor
+        if self.lr_scale <= floor * (1 + 1e-9):  # at the floor: the step is skipped, nothing is rolled back
+            if not self.floor_reported:
+                self.floor_reported = True
+                self._event("spike_lr_floor", f"{reason}; the LR scale is at its floor {floor:g} (--spike-lr-floor), "
+                            "so spikes are now only skipped, with no further rollbacks")
+            else:
+                self._event("spike_skip", reason)
+            return
+        new_scale = max(self.lr_scale * self.cfg.spike_lr_factor, floor)
+        self.rollbacks += 1
         target = self.last_checkpoint
         if target is not None:
             records = self.metrics.records
@@ -554,10 +625,11 @@ class Trainer:
                         self.save()
                         saved_at = step
                     t_log += time.perf_counter() - t_pause  # tokens/s measures training steps only
-            if evaluated_at != self.step and stopped not in ("SIGINT", "SIGTERM"):
-                last_eval = self._eval_and_log(self.step, loggers)
-            if saved_at != self.step:
-                self.save()
+                # the final checkpoint first: a failing final evaluation must not cost the run its weights
+                if saved_at != self.step:
+                    self.save()
+                if evaluated_at != self.step and stopped not in ("SIGINT", "SIGTERM"):
+                    last_eval = self._eval_and_log(self.step, loggers)
         finally:
             self.bar.update(self.step - step_log)
             self.bar.close()
@@ -567,6 +639,17 @@ class Trainer:
             + (f"val loss {last_eval['val_loss']:.4f}; " if "val_loss" in last_eval else "")
             + f"checkpoint {self.last_checkpoint}"
         )
+        warnings = []
+        if self.lr_scale < 1.0:
+            at_floor = " (its floor, --spike-lr-floor)" if self.lr_scale <= cfg.spike_lr_floor * (1 + 1e-9) else ""
+            warnings.append(
+                f"the spike guard rolled back {self.rollbacks} time(s) and lowered the LR to {self.lr_scale:g} of "
+                f"its schedule{at_floor}, so the loss may have stalled; small, noisy batches trip it: use a larger "
+                "--micro-batch-size or --global-batch-tokens, a higher --spike-zscore, or --spike-window 0 (off)"
+            )
+        for w in warnings:
+            if self.main:
+                print(f"warning: {w}", file=sys.stderr, flush=True)
         return TrainResult(
             step=self.step,
             tokens=self.tokens,
@@ -575,6 +658,7 @@ class Trainer:
             train_loss=last_loss,
             val_loss=last_eval.get("val_loss"),
             records=list(self.metrics.records),
+            warnings=warnings,
         )
 
     def _eval_and_log(self, step: int, loggers: ExternalLoggers) -> dict[str, float]:

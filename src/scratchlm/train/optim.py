@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchlm.errors import ScratchlmError
+
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups over the trainable parameters: matrices decay, vectors and scalars do not.
@@ -47,7 +49,10 @@ def build_optimizer(
     """
     groups = param_groups(module, weight_decay)
     if not groups:
-        raise AssertionError("no trainable parameters: the mode froze everything")
+        raise ScratchlmError(
+            "the model has no trainable parameters (every weight is frozen); choose what trains (e.g. --train last "
+            "or --lora.rank 8)"
+        )
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cuda", "cpu", "mps"))
     except (RuntimeError, TypeError):  # an older build or a device without the fused kernel

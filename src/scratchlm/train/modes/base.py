@@ -108,11 +108,29 @@ class Mode(abc.ABC):
         """Load the weights written by `save_weights` into `module` (resume). Default: the whole state dict."""
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(path) / "model.safetensors"))
-        missing, unexpected = module.load_state_dict(state, strict=False)
+        from scratchlm.errors import ScratchlmError
+
+        weights = Path(path) / "model.safetensors"
+        if not weights.is_file():
+            raise ScratchlmError(
+                f"checkpoint {path} has no model.safetensors; resume from a complete step folder"
+            )
+        state = load_file(str(weights))
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise ScratchlmError(
+                f"checkpoint {path}: weights do not fit the model ({detail}); resume with the settings the run "
+                "was started with"
+            ) from None
         # tied weights are stored once, so a tied alias may be "missing"; anything else is a real mismatch
-        tied = {n for n in missing if _is_tied_alias(module, n)}
-        assert not unexpected and set(missing) == tied, (missing, unexpected)
+        missing = [n for n in missing if not _is_tied_alias(module, n)]
+        if missing or unexpected:
+            raise ScratchlmError(
+                f"checkpoint {path}: weights do not fit the model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); resume with the settings the run was started with"
+            )
 
 
 def _is_tied_alias(module: nn.Module, name: str) -> bool:

@@ -45,6 +45,17 @@ class _DictStream:
         self._it = None
 
 
+class _EvalPass:
+    """A re-iterable view of `TokenLoader.eval_batches(shuffled=True)` as {"ids", "targets"} dicts."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        for ids, targets in self.loader.eval_batches(shuffled=True):
+            yield {"ids": ids, "targets": targets}
+
+
 class PretrainMode(Mode):
     """Next-token prediction over the shards in `shard_dir` (train and val splits)."""
 
@@ -92,8 +103,11 @@ class PretrainMode(Mode):
         return _DictStream(self._loader("train", micro_batch_size, seed, rank, world_size))
 
     def val_batches(self, micro_batch_size: int) -> Iterable[Batch] | None:
-        # a fresh loader with a fixed seed: every evaluation scores the same windows, so curves are comparable
-        return _DictStream(self._loader("val", micro_batch_size, self.seed, 0, 1))
+        """Every validation window once, in a fixed shuffled order (so --eval-batches N samples the whole split,
+        and each evaluation scores the same windows: curves are comparable), the last batch possibly short (a
+        split smaller than one batch is still scored). Finite: --eval-batches 0 scores the whole split once."""
+        loader = self._loader("val", micro_batch_size, self.seed, 0, 1)
+        return _EvalPass(loader)
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = module(batch["ids"])  # (B, T, V)
