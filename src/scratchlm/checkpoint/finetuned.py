@@ -34,9 +34,10 @@ HEAD_FILE = "classifier.safetensors"
 
 
 def base_model_of(module: nn.Module) -> GPT:
-    """The GPT inside a finetuning module (a classifier wraps it as `.model`)."""
+    """The GPT inside a finetuning module (a classifier wraps it as `.model`); any other module itself."""
     module = unwrap(module)
-    return module if isinstance(module, GPT) else module.model  # type: ignore[return-value]
+    inner = getattr(module, "model", None)
+    return inner if isinstance(inner, GPT) and not isinstance(module, GPT) else module  # type: ignore[return-value]
 
 
 def weights_sha256(step: Path) -> str:
@@ -132,8 +133,15 @@ def fill(module: nn.Module, step: Path) -> None:
         load_adapter_state_dict(model, _read(step / ADAPTER_FILE))
     else:
         state = _read(step / WEIGHTS_FILE)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            lines = str(e).splitlines()
+            raise ScratchlmError(
+                f"checkpoint {step}: weights do not fit the model ({(lines[1] if len(lines) > 1 else lines[0]).strip()}); "
+                "resume with the settings the run was started with"
+            ) from None
+        missing = [k for k in missing if not _is_tied_alias(model, k)]  # tied weights are stored once
         if missing or unexpected:
             raise ScratchlmError(
                 f"checkpoint {step}: weights do not fit the model (missing {missing[:3]}, unexpected "
@@ -153,3 +161,9 @@ def read_adapters(step: Path, device: str | torch.device = "cpu") -> dict[str, t
 def read_head(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return _read(step / HEAD_FILE, device)
 
+
+def _is_tied_alias(module: nn.Module, name: str) -> bool:
+    """True if parameter `name` is the same tensor as another parameter (weight tying)."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    p = params.get(name)
+    return p is not None and any(q is p and n != name for n, q in params.items())

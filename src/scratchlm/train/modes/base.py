@@ -97,46 +97,15 @@ class Mode(abc.ABC):
         """Write one checkpoint folder at `path` (atomically). Default: the whole module via checkpoint.save.
 
         `train_state` is a `scratchlm.checkpoint.TrainState`; pass it on to `checkpoint.save` unchanged.
-        `module` is unwrapped (no DDP/compile prefixes). Adapter-only modes override this to save less, and
-        must then override `load_weights` to match.
+        `module` is unwrapped (no DDP/compile prefixes). Adapter-only modes override this to save less
+        (`checkpoint.save_finetuned`); `load_weights` reads any of these folders back.
         """
         from scratchlm import checkpoint
 
         checkpoint.save(path, module, tokenizer, extra=extra, train_state=train_state)
 
     def load_weights(self, module: nn.Module, path: Path) -> None:
-        """Load the weights written by `save_weights` into `module` (resume). Default: the whole state dict."""
-        from safetensors.torch import load_file
+        """Load the weights written by `save_weights` into `module` (resume): whatever the folder holds."""
+        from scratchlm import checkpoint
 
-        from scratchlm.errors import ScratchlmError
-
-        weights = Path(path) / "model.safetensors"
-        if not weights.is_file():
-            raise ScratchlmError(
-                f"checkpoint {path} has no model.safetensors; resume from a complete step folder"
-            )
-        state = load_file(str(weights))
-        try:
-            missing, unexpected = module.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # a tensor of another shape
-            detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise ScratchlmError(
-                f"checkpoint {path}: weights do not fit the model ({detail}); resume with the settings the run "
-                "was started with"
-            ) from None
-        # tied weights are stored once, so a tied alias may be "missing"; anything else is a real mismatch
-        missing = [n for n in missing if not _is_tied_alias(module, n)]
-        if missing or unexpected:
-            raise ScratchlmError(
-                f"checkpoint {path}: weights do not fit the model (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); resume with the settings the run was started with"
-            )
-
-
-def _is_tied_alias(module: nn.Module, name: str) -> bool:
-    """True if parameter `name` shares storage with another parameter (weight tying)."""
-    params = dict(module.named_parameters(remove_duplicate=False))
-    p = params.get(name)
-    if p is None:
-        return False
-    return any(q is p and n != name for n, q in params.items())
+        checkpoint.fill(module, Path(path))

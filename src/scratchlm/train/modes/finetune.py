@@ -55,9 +55,6 @@ class FinetuneMode(Mode):
     ) -> None:
         checkpoint.save_finetuned(path, module, tokenizer, extra, train_state, adapters_only=self.lora is not None)
 
-    def load_weights(self, module: nn.Module, path: Path) -> None:
-        checkpoint.fill(module, Path(path))
-
 
 def trainable(params: Iterable[nn.Parameter]) -> None:
     for p in params:
