@@ -124,14 +124,16 @@ def _read_text(cfg: PerplexityConfig) -> tuple[str, str]:
         raise ScratchlmError("give exactly one of --dataset NAME (e.g. wikitext-2) or --input FILE")
     if cfg.input is not None:
         try:
-            return cfg.input.read_text(encoding="utf-8"), str(cfg.input)
+            return cfg.input.read_bytes().decode("utf-8"), str(cfg.input)  # no newline translation
         except FileNotFoundError:
             raise ScratchlmError(f"input file {cfg.input} does not exist; pass an existing UTF-8 text file") from None
+        except OSError as e:  # a folder, no permission, ...
+            raise ScratchlmError(f"cannot read --input {cfg.input}: {e.strerror or e}; pass a UTF-8 text file") from None
         except UnicodeDecodeError:
             raise ScratchlmError(f"input file {cfg.input} is not UTF-8 text; convert it first") from None
     assert cfg.dataset is not None
     name = DATASETS.get(cfg.dataset, cfg.dataset)
-    return assets.fetch(name).read_text(encoding="utf-8"), cfg.dataset
+    return assets.fetch(name).read_bytes().decode("utf-8"), cfg.dataset
 
 
 def perplexity(argv: list[str], prog: str) -> int:

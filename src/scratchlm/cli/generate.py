@@ -76,7 +76,7 @@ def _read_prompt(cfg: GenerateConfig) -> str:
         raise ScratchlmError("give exactly one of --prompt TEXT or --prompt-file FILE")
     if cfg.prompt_file is not None:
         try:
-            return cfg.prompt_file.read_text(encoding="utf-8")
+            return cfg.prompt_file.read_bytes().decode("utf-8")  # no newline translation
         except OSError as e:
             raise ScratchlmError(f"cannot read --prompt-file {cfg.prompt_file}: {e.strerror or e}") from None
         except UnicodeDecodeError:

@@ -22,7 +22,7 @@ from scratchlm.tokenizer.train import train as train_tokenizer
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # bytes as they are: no newline translation
     except FileNotFoundError:
         raise ScratchlmError(f"input file {path} does not exist; check the path") from None
     except IsADirectoryError:

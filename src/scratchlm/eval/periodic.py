@@ -79,7 +79,7 @@ def _mc_task(source: str) -> Task:
 @functools.lru_cache(maxsize=16)
 def _text(source: str) -> str:
     path = Path(source) if Path(source).is_file() else assets.fetch(TEXT_ALIASES.get(source, source))
-    return path.read_text(encoding="utf-8")
+    return path.read_bytes().decode("utf-8")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

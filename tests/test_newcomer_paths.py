@@ -1,0 +1,140 @@
+"""The paths a newcomer takes: every command reads a LoRA-adapter checkpoint (as its merged model), a tied-head
+merge is exact, an adapter folder finds its base by relative path and notices a changed one, and text files are
+read as their bytes (CRLF, lone CR and tabs give tiktoken's ids)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm import checkpoint
+from scratchlm.cli.main import main
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.model.lora import LoRAConfig, LoRALinear, inject_lora, merge_lora
+
+CRLF_TEXT = "First line\r\nsecond\tline\r\n\r\nlone\rcarriage\r\n\t\tindented\ttabs\t\r\nend"
+
+
+def _adapted(tmp_path: Path, targets: tuple[str, ...], tie: bool = True) -> tuple[Path, GPT]:
+    """A base checkpoint (GPT-2's tokenizer) and an adapter-only LoRA folder on it; returns (folder, adapted)."""
+    from scratchlm import tokenizer as tokenizers
+
+    tok = tokenizers.load("gpt2")
+    config = ModelConfig(vocab_size=50257, context_length=64, n_layer=2, n_head=2, d_model=32, tie_embeddings=tie)
+    torch.manual_seed(0)
+    base = tmp_path / "runs" / "base"
+    checkpoint.save(base, GPT(config), tok)
+    model, _ = checkpoint.load(base)
+    lora = LoRAConfig(rank=4, alpha=8, targets=targets)
+    inject_lora(model, lora)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(0, 0.2)
+    folder = tmp_path / "runs" / "sft" / "step_000010"
+    section = {**lora.__dict__, **checkpoint.base_record(base)}
+    checkpoint.save_finetuned(folder, model, tok, {"lora": section}, adapters_only=True)
+    checkpoint.mark_latest(folder)
+    return folder, model.eval()
+
+
+IDS = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def test_scratchlm_load_reads_a_lora_checkpoint_as_its_merged_model(tmp_path: Path) -> None:
+    import scratchlm
+
+    folder, adapted = _adapted(tmp_path, ("q", "v", "mlp"))
+    model, _ = scratchlm.load(folder.parent)  # the run folder
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS), adapted(IDS), rtol=0, atol=1e-5)
+
+
+def test_tied_head_lora_merge_is_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, adapted = _adapted(tmp_path, ("q", "lm_head"), tie=True)
+    assert main(["lora", "merge", "--checkpoint", str(folder), "--out", str(tmp_path / "merged")]) == 0
+    merged, _ = checkpoint.load(tmp_path / "merged")
+    assert merged.config.tie_embeddings is False  # the head got its own matrix; the embedding kept the base's
+    with torch.no_grad():
+        torch.testing.assert_close(merged(IDS), adapted(IDS), rtol=0, atol=1e-5)
+        untouched = merge_lora(adapted)
+        torch.testing.assert_close(merged.tok_emb.weight, untouched.tok_emb.weight, rtol=0, atol=0)
+
+
+def test_generate_and_eval_perplexity_read_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = _adapted(tmp_path, ("q", "k", "v", "o"))
+    assert main(["lora", "merge", "--checkpoint", str(folder), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"The quick brown fox jumps over the lazy dog. " * 8)
+    outs = {}
+    for name, ckpt in (("lora", folder.parent), ("merged", tmp_path / "merged")):
+        assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "Hello", "--temperature", "0",
+                     "--max-new-tokens", "8", "--device", "cpu"]) == 0
+        gen = capsys.readouterr().out
+        assert main(["eval", "perplexity", "--checkpoint", str(ckpt), "--input", str(text), "--context", "32",
+                     "--stride", "16", "--json", "--device", "cpu"]) == 0
+        outs[name] = (gen, json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert outs["lora"][0] == outs["merged"][0] and outs["lora"][0].strip()
+    assert outs["lora"][1]["token_perplexity"] == pytest.approx(outs["merged"][1]["token_perplexity"], rel=1e-5)
+
+
+def test_convert_to_hf_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    transformers = pytest.importorskip("transformers")
+    folder, adapted = _adapted(tmp_path, ("q", "v", "lm_head"), tie=True)
+    assert main(["convert", "to-hf", str(folder), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(IDS).logits, adapted(IDS), rtol=0, atol=1e-4)
+
+
+def test_adapter_folder_finds_its_base_relatively_and_notices_a_changed_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, adapted = _adapted(tmp_path, ("q",))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["lora"]["base"] == "../../base" and len(config["lora"]["base_sha256"]) == 64
+    shutil.move(tmp_path / "runs", tmp_path / "moved")  # the whole tree moves: the base is still found
+    model, _ = checkpoint.load(tmp_path / "moved" / "sft")
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS), adapted(IDS), rtol=0, atol=1e-5)
+    base = tmp_path / "moved" / "base"
+    other = GPT(checkpoint.load_model_config(base))
+    checkpoint.save(base, other, checkpoint.read(base).tokenizer)  # the base was trained further: other weights
+    assert main(["generate", "--checkpoint", str(tmp_path / "moved" / "sft"), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another version of its base" in err
+    shutil.rmtree(base)
+    assert main(["generate", "--checkpoint", str(tmp_path / "moved" / "sft"), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no longer exists" in err
+
+
+@pytest.mark.parametrize("data", [CRLF_TEXT.encode(), b"a\rb\rc\r\r\n\r", b"\t\tx\r\n\ty\t\r\n"])
+def test_text_files_are_read_as_their_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes) -> None:
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    from scratchlm import assets
+
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(assets.fetch("gpt2-vocab")),
+                                            encoder_json_file=str(assets.fetch("gpt2-encoder")))
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""  # tiktoken's r50k
+    reference = tiktoken.Encoding(name="gpt2-offline", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    want = reference.encode_ordinary(data.decode())
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    assert main(["tokenizer", "encode", "--input", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == want
+    folder, _ = _adapted(tmp_path, ("q",))
+    assert main(["generate", "--checkpoint", str(folder), "--prompt-file", str(path), "--echo", "--raw",
+                 "--max-new-tokens", "1", "--temperature", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.encode().startswith(data)  # the prompt went in (and came back) byte for byte
+    assert main(["eval", "perplexity", "--checkpoint", str(folder), "--input", str(path), "--context", "16",
+                 "--stride", "8", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == len(want) - 1  # every token but the first is scored
