@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from scratchlm.cli.main import main
 from scratchlm.data import prepare_text
@@ -41,9 +42,7 @@ def test_replace_without_changes_and_from_preset_overrides() -> None:
     assert config.replace() == config
     assert ModelConfig.from_preset("gpt2-tiny", d_model=128).d_ff == 512  # the preset's d_ff 256 = 4 x 64
     assert ModelConfig.from_preset("gpt2-tiny", n_head=8).n_kv_head == 8
-    with pytest.raises(
-        ConfigError, match=r"^ModelConfig.replace: unknown key\(s\) n_haed for ModelConfig; known"
-    ):
+    with pytest.raises(ConfigError, match=r"^model config: unknown key\(s\) n_haed for ModelConfig; known"):
         config.replace(n_haed=8)
 
 
@@ -122,3 +121,29 @@ def test_cli_pretrain_refuses_a_huge_vocab_in_one_line(
 def test_cli_model_info_still_sizes_a_model_too_big_to_build(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "info", "--preset", "gpt2-tiny", "--set", "vocab_size=10000000000"]) == 0
     assert "parameters                   640,000,116,480 (640.00 G)\n" in capsys.readouterr().out
+
+
+def test_cli_model_info_set_re_derives_d_ff(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/model.md's example: gpt2 with GPT-2 medium's depth and width is GPT-2 medium (d_ff 4096)."""
+    assert (
+        main(["model", "info", "--preset", "gpt2", "--set", "n_layer=24", "d_model=1024", "n_head=16"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "24 layers, d_model 1024, 16 heads, d_ff 4096," in out
+    assert "parameters                    354,823,168 (354.82 M)\n" in out  # HF gpt2-medium, tied
+
+
+def test_cli_pretrain_model_overrides_re_derive_d_ff_and_n_kv_head(
+    tmp_path: Path, mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prepare_text((mirror / "tinyshakespeare.txt").read_text()[:20_000], tmp_path / "shards", tokenizer="char")
+    out = tmp_path / "run"
+    code = main(
+        ["pretrain", "--preset", "shakespeare-char", "--data", str(tmp_path / "shards"), "--out", str(out),
+         "--model-preset", "gpt2-tiny", "--model.vocab-size", "65", "--model.context-length", "16",
+         "--model.d-model", "32", "--model.n-head", "2", "--max-steps", "1", "--micro-batch-size", "2",
+         "--eval-batches", "1", "--warmup-steps", "1", "--sample-at-end", "0", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert (model["d_ff"], model["n_kv_head"]) == (128, 2)  # gpt2-tiny's d_ff 256 = 4 x 64 follows d_model

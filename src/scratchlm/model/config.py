@@ -162,7 +162,7 @@ class ModelConfig:
             if name not in changes and data[name] == derived(self):
                 data[name] = None  # __post_init__ derives it from the new fields
         data.update(changes)
-        return from_dict(ModelConfig, data, where="ModelConfig.replace")
+        return from_dict(ModelConfig, data, where="model config")
 
 
 SIZE_FIELDS = (
