@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from scratchlm.errors import ConfigError
-from scratchlm.model import GPT, KVCache, ModelConfig, layers, preset_names
+from scratchlm.model import GPT, KVCache, ModelConfig, layers, onednn, preset_names
 from scratchlm.model.layers import apply_rope, rope_cos_sin, rope_inv_freq
 
 TINY = {"vocab_size": 97, "context_length": 64}
@@ -195,7 +195,7 @@ def _gemm_ops(counter: FlopCounterMode) -> set[str]:
     return {str(op) for op in counter.get_flop_counts()["Global"]}
 
 
-@pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear op")
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="this torch build has no oneDNN linear op")
 @pytest.mark.parametrize(
     "x_shape", [(1, 48), (8, 48), (3, 5, 48), "non-contiguous"], ids=["one row", "eight rows", "3d", "strided"]
 )

@@ -49,8 +49,8 @@ def info(argv: list[str], prog: str) -> int:
         from scratchlm import checkpoint
 
         fields, source = checkpoint.load_config(cfg.checkpoint)["model"], f"checkpoint {cfg.checkpoint}"
-    fields.update(_overrides(cfg.set))
-    config = from_dict(ModelConfig, fields, where=source)
+    # --set as ModelConfig.replace: derived fields (n_kv_head, d_ff) follow the fields they derive from
+    config = from_dict(ModelConfig, fields, where=source).replace(**_overrides(cfg.set))
     s = size(config, batch=cfg.batch, context=cfg.context, precision=cfg.precision)
     print(format_info(s, source))
     return 0

@@ -131,9 +131,9 @@ def resolve_model_config(cmd: PretrainCommand) -> Any:
     from scratchlm.dataclass_io import from_dict
     from scratchlm.model.config import ModelConfig, load_preset_dict
 
-    data = load_preset_dict(cmd.model_preset)
-    data.update({k: v for k, v in dataclasses.asdict(cmd.model).items() if v is not None})
-    return from_dict(ModelConfig, data, where=f"model preset {cmd.model_preset!r} with --model overrides")
+    preset = from_dict(ModelConfig, load_preset_dict(cmd.model_preset), where=f"model preset {cmd.model_preset!r}")
+    # as ModelConfig.replace: derived fields (n_kv_head, d_ff) follow the fields they derive from
+    return preset.replace(**{k: v for k, v in dataclasses.asdict(cmd.model).items() if v is not None})
 
 
 def prepare_embedded_corpus(out: Path) -> Path:

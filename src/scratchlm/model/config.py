@@ -10,12 +10,15 @@ GPT-2 and Llama are not two classes but two sets of field values (see `presets/m
 | bias         | true        | false            |
 | n_kv_head    | = n_head    | < n_head (GQA)   |
 
-Derived values (`head_dim`, ...) are properties, so they can never disagree with the fields.
+Derived values (`head_dim`, ...) are properties, so they can never disagree with the fields. Two fields have
+defaults derived from others (`n_kv_head` = n_head, `d_ff` = 4 * d_model); `replace` keeps them following their
+source unless they were set to something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -75,13 +78,20 @@ class ModelConfig:
     """manual (written out: QK^T, mask, softmax, V) or sdpa (torch's fused scaled_dot_product_attention)."""
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"model {name} must be a positive integer, got {getattr(self, name)!r}")
+        for name, derive in _DERIVED.items():
+            if getattr(self, name) is None:
+                setattr(self, name, derive(self))
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_theta", "rope_low_freq_factor", "rope_high_freq_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"model {name} must be a positive number, got {value!r}")
         for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS), ("attn_impl", ATTN_IMPLS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -101,12 +111,18 @@ class ModelConfig:
             raise ConfigError(
                 f"rotary positions need an even head dim, got d_model/n_head = {self.head_dim}; change n_head"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout}")
-        if self.norm_eps <= 0:
-            raise ConfigError(f"model norm_eps must be positive, got {self.norm_eps}")
-        if self.rope_scaling_factor is not None and self.rope_scaling_factor < 1.0:
-            raise ConfigError(f"model rope_scaling_factor must be >= 1 (or null), got {self.rope_scaling_factor}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
+        if self.rope_scaling_factor is not None:
+            if not isinstance(self.rope_scaling_factor, (int, float)) or not 1 <= self.rope_scaling_factor < math.inf:
+                raise ConfigError(
+                    f"model rope_scaling_factor must be >= 1 (or null), got {self.rope_scaling_factor!r}"
+                )
+            if self.rope_high_freq_factor <= self.rope_low_freq_factor:  # the scaling divides by their difference
+                raise ConfigError(
+                    f"model rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                    f"rope_low_freq_factor={self.rope_low_freq_factor}"
+                )
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -129,14 +145,33 @@ class ModelConfig:
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """Read `presets/model/<name>.yaml` (then apply keyword overrides)."""
-        data = load_preset_dict(name)
-        data.update(overrides)
-        return from_dict(cls, data, where=f"model preset {name!r}")
+        """Read `presets/model/<name>.yaml`, then apply keyword overrides as `replace` does."""
+        config = from_dict(cls, load_preset_dict(name), where=f"model preset {name!r}")
+        return config.replace(**overrides) if overrides else config
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again).
+
+        A field whose default is derived (`n_kv_head` = n_head, `d_ff` = 4 * d_model) and that still holds its
+        derived value is derived again from the new fields unless `changes` names it: `replace(n_head=8)` of a
+        multi-head model stays multi-head, `replace(d_model=1024)` of GPT-2 gets d_ff 4096. A value set to
+        something else (a GQA n_kv_head, Llama's d_ff) is kept.
+        """
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, derived in _DERIVED.items():
+            if name not in changes and data[name] == derived(self):
+                data[name] = None  # __post_init__ derives it from the new fields
+        data.update(changes)
+        return from_dict(ModelConfig, data, where="model config")
+
+
+SIZE_FIELDS = (
+    "vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "rope_original_context_length"
+)
+_DERIVED = {  # fields whose None default __post_init__ derives from other fields, and the rule it uses
+    "n_kv_head": lambda c: c.n_head,
+    "d_ff": lambda c: 4 * c.d_model,
+}
 
 
 def preset_names() -> list[str]:

@@ -27,6 +27,7 @@ from scratchlm.model.attention import CausalSelfAttention, Rope
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Linear, RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
+from scratchlm.model.sizing import check_fits_in_memory
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
 
@@ -57,6 +58,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if torch.get_default_device().type == "cpu":  # not on meta (checkpoint loading): that allocates nothing
+            check_fits_in_memory(config, torch.get_default_dtype().itemsize)
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         # GPT-2 learns one vector per absolute position; Llama rotates q/k inside attention instead (RoPE).

@@ -7,81 +7,18 @@ at construction, so no forward pass ever branches on a config field.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import flop_counter
 
 from scratchlm.model.config import ModelConfig
-
-# oneDNN ships inside x86 and aarch64 builds of torch; its linear op is the one `torch.compile` emits on CPU.
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as `F.linear`; on CPU in fp32, forward and backward through oneDNN's GEMM.
-
-    Why: on CPU torch hands fp32 matmuls to MKL, which on AMD processors takes generic code paths; oneDNN picks
-    its kernels by instruction set. On the project's 2-core AMD EPYC machine it runs GPT-2's layers 1.5-2.5x
-    faster at every batch size (the model guide's Speed section). Both are fp32 GEMMs: results agree to rounding
-    (~1e-6 relative), not bit for bit. Autocast and `torch.compile` keep `F.linear`, whose handling they own.
-    """
-    if not (
-        _ONEDNN_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    ):
-        return F.linear(x, weight, bias)
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _OneDNNLinear.apply(x, weight, bias)
-    return _gemm(x, weight, bias)
-
-
-def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's x @ weight.T + bias for x (..., in), weight (out, in) of any strides; no autograd."""
-    if x.numel() == 0 or weight.numel() == 0:  # oneDNN has no primitive for empty products (e.g. 0 rows' grad_W)
-        return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """`linear` with its three gradients written out, each product a oneDNN GEMM (the op has no backward)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _gemm(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        g = grad_y.reshape(-1, grad_y.shape[-1])  # (M, out)
-        if ctx.needs_input_grad[0]:
-            grad_x = _gemm(grad_y, weight.t(), None)  # (..., out) @ W = (..., in)
-        if ctx.needs_input_grad[1]:
-            grad_w = _gemm(g.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, M) @ (M, in) = (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b
-
-
-if _ONEDNN_LINEAR and torch.ops.mkldnn._linear_pointwise not in flop_counter.flop_registry:
-
-    @flop_counter.register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-    def _onednn_linear_flops(x_shape: tuple, w_shape: tuple, *args: object, **kwargs: object) -> int:
-        """So that `FlopCounterMode` counts this GEMM as it counts `F.linear`'s (the sizing tests rely on it)."""
-        return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+from scratchlm.model.onednn import linear  # also LoRA's: every product of the model goes through it
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same state-dict keys) whose forward is `linear` above."""
+    """`nn.Linear` (same parameters, same state-dict keys) whose forward is `onednn.linear`: oneDNN GEMMs on CPU
+    fp32, else `F.linear` (see `model/onednn.py` for when, and the switch that turns it off)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

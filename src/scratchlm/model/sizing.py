@@ -1,8 +1,9 @@
 """How big and how expensive a `ModelConfig` is, before building it: parameters, FLOPs, memory, KV cache.
 
-Pure arithmetic on the config (no torch). `tests/model/test_sizing.py` checks every formula against the built
-model: parameter counts exactly, FLOPs against `torch.utils.flop_counter`, weight/gradient/AdamW bytes against
-the tensors, activation bytes against the tensors autograd saves.
+Pure arithmetic on the config (no torch), plus `check_fits_in_memory`, which `GPT` runs before it allocates.
+`tests/model/test_sizing.py` checks every formula against the built model: parameter counts exactly, FLOPs
+against `torch.utils.flop_counter`, weight/gradient/AdamW bytes against the tensors, activation bytes against the
+tensors autograd saves.
 
 Conventions:
 - FLOPs count multiply-adds as 2 and only matmuls (the rest is a few percent). Attention counts the full T x T
@@ -17,8 +18,11 @@ Conventions:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from scratchlm.errors import ConfigError
 from scratchlm.model.config import ModelConfig
 
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation / KV-cache element
@@ -146,3 +150,58 @@ def size(config: ModelConfig, batch: int = 1, context: int | None = None, precis
         activations_checkpointed_bytes=ckpt,
         kv_cache_bytes_per_token=2 * config.n_layer * config.kv_dim * act_bytes,
     )
+
+
+# ---- does it fit? --------------------------------------------------------------------------------------------
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes of RAM this process can still allocate, or None where it cannot be told.
+
+    Linux: `MemAvailable` (free memory plus reclaimable caches), capped by the cgroup's limit (containers).
+    Elsewhere: free physical pages from `os.sysconf`. No psutil.
+    """
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024  # the figure is in kB
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit():  # "max": no limit
+            available = min(available, max(int(limit) - int(usage), 0))
+        break
+    return available
+
+
+def check_fits_in_memory(config: ModelConfig, bytes_per_param: int = 4, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a model whose parameters alone exceed the RAM still available.
+
+    Without this a typo such as vocab_size 10000000000 asks the allocator for terabytes and the process dies
+    (or the machine swaps) instead of printing one line. `available` defaults to `available_memory_bytes()`.
+    """
+    available = available_memory_bytes() if available is None else available
+    n = param_counts(config).total
+    need = n * bytes_per_param
+    if available is not None and need > available:
+        raise ConfigError(
+            f"model has {n:,} parameters, {_gib(need)} at {bytes_per_param} bytes each, but this machine has "
+            f"{_gib(available)} of memory available; choose a smaller model (vocab_size, d_model, d_ff, n_layer)"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**40:,.1f} TiB" if n >= 2**40 else f"{n / 2**30:,.1f} GiB"
