@@ -304,6 +304,17 @@ class Engine:
             yield self.step()
 
 
+def kv_bytes_per_token(model: nn.Module) -> int:
+    """Bytes one token takes in the KV cache: keys and values of every layer, in the model's dtype."""
+    c = model.config
+    return 2 * c.n_layer * c.n_kv_head * c.head_dim * next(model.parameters()).element_size()
+
+
+def max_len_for_budget(model: nn.Module, slots: int, budget_bytes: int) -> int:
+    """The longest cache rows (at most the context) that `slots` of them fit in `budget_bytes`."""
+    return min(model.config.context_length, budget_bytes // (slots * kv_bytes_per_token(model)))
+
+
 def make_sequences(
     prompts: Sequence[list[int]], config: SampleConfig, stop_ids: Sequence[int] = ()
 ) -> list[list[GenSequence]]:
