@@ -116,7 +116,7 @@ def cache_len(cfg: ServeConfig, model: Any) -> tuple[int, str]:
         why = "the whole context" if n == context else f"what fits --kv-budget-mb {cfg.kv_budget_mb:g}"
     mib = cfg.slots * n * per_token / 2**20
     line = (
-        f"KV cache: {cfg.slots} slots x {n} tokens = {mib:.1f} MiB ({why}; the model's context is {context})"
+        f"KV cache: {cfg.slots} slots x {n} tokens = {mib:.4g} MiB ({why}; the model's context is {context})"
     )
     return n, line
 
