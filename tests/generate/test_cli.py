@@ -86,3 +86,25 @@ def test_chat_in_a_subprocess(tiny_checkpoint: Path) -> None:
     assert "(conversation reset)" in r.stderr
     assert "oldest message(s) to fit the 128-token context" in r.stderr
     assert "error: the message is" in r.stderr  # the 200-word message alone is too long; the chat goes on
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("generate", ["--prompt", "a", "--temperature", "nan"], "error: temperature must be a finite number, got nan\n"),
+        ("generate", ["--prompt", "a", "--top-p", "inf"], "error: top_p must be a finite number, got inf\n"),
+        (
+            "generate",
+            ["--prompt", "a", "--seed", str(10**23)],
+            f"error: seed must be an integer from {-(2**63)} to {2**63 - 1} (64-bit signed), got {10**23}\n",
+        ),
+        ("chat", ["--temperature", "nan"], "error: temperature must be a finite number, got nan\n"),
+        ("chat", ["--presence-penalty", "-inf"], "error: presence_penalty must be a finite number, got -inf\n"),
+    ],
+)
+def test_out_of_range_sampling_flags_are_one_line_exit_2(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], command: str, args: list[str], message: str
+) -> None:
+    assert main([command, "--checkpoint", str(tiny_checkpoint), *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == message

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scratchlm.cli.parsing import parse
 from scratchlm.errors import ScratchlmError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MIN_CACHE_LEN = 64
+"""A cache row shorter than this (or than the context) is too short to be useful: refuse the budget instead."""
 
 
 @dataclass
@@ -20,9 +26,9 @@ class ServeConfig:
     checkpoint: Path
     """Checkpoint step folder, or a run folder (its latest step)."""
     host: str = "127.0.0.1"
-    """Address to listen on (0.0.0.0 exposes the server to your network)."""
+    """Address to listen on (0.0.0.0 or :: exposes the server to your network; IPv6 addresses work)."""
     port: int = 8000
-    """TCP port."""
+    """TCP port (1-65535)."""
     api_key: str | None = None
     """Require `Authorization: Bearer KEY` on /v1 requests (401 otherwise)."""
     model_name: str | None = None
@@ -31,27 +37,88 @@ class ServeConfig:
     """Sequences decoded together in one batch; more requests wait in the queue."""
     max_waiting: int = 64
     """Sequences allowed to wait for a slot; beyond that requests get 429."""
+    max_len: int | None = None
+    """Tokens (prompt + reply) per sequence, which sizes the KV cache: slots x max_len tokens. Default: the
+    model's context, or less if that does not fit --kv-budget-mb. Longer prompts get 400; replies stop there."""
+    kv_budget_mb: float = 2048.0
+    """Memory for the KV cache (MiB) when --max-len is not given: max_len is the longest that fits."""
+    max_request_mb: float = 4.0
+    """Largest request body (MiB); bigger ones get 413 before they are read."""
     device: str = "auto"
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
     log_level: str = "info"
-    """uvicorn's log level: critical, error, warning, info, debug."""
+    """uvicorn's log level: critical, error, warning, info, debug, trace."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ScratchlmError(f"--slots must be >= 1, got {self.slots}")
         if self.max_waiting < 0:
             raise ScratchlmError(f"--max-waiting must be >= 0, got {self.max_waiting}")
+        if not 1 <= self.port <= 65535:
+            raise ScratchlmError(f"--port must be between 1 and 65535, got {self.port}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ScratchlmError(
+                f"--log-level must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}"
+            )
+        self.log_level = self.log_level.lower()
+        if self.max_len is not None and self.max_len < 1:
+            raise ScratchlmError(f"--max-len must be >= 1, got {self.max_len}")
+        if not (math.isfinite(self.kv_budget_mb) and self.kv_budget_mb > 0):
+            raise ScratchlmError(f"--kv-budget-mb must be a positive number, got {self.kv_budget_mb}")
+        if not (math.isfinite(self.max_request_mb) and self.max_request_mb > 0):
+            raise ScratchlmError(f"--max-request-mb must be a positive number, got {self.max_request_mb}")
 
 
 def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Bind the address once (IPv4 or IPv6, whichever `host` is) so a busy port is one line, not a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ScratchlmError(f"cannot listen on {host!r} ({e.strerror}); check --host") from None
+    family, type_, proto, _, address = infos[0]
+    with socket.socket(family, type_, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind(address)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise ScratchlmError(f"port {port} on {host} is already in use; choose another with --port") from None
-            raise ScratchlmError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
+                raise ScratchlmError(
+                    f"port {port} on {host} is already in use; choose another with --port"
+                ) from None
+            raise ScratchlmError(
+                f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port"
+            ) from None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def cache_len(cfg: ServeConfig, model: Any) -> tuple[int, str]:
+    """The cache row length to serve with, and the line that says why (printed at start)."""
+    from scratchlm.generate.engine import kv_bytes_per_token, max_len_for_budget
+
+    context = model.config.context_length
+    per_token = kv_bytes_per_token(model)
+    if cfg.max_len is not None:
+        if cfg.max_len > context:
+            raise ScratchlmError(
+                f"--max-len {cfg.max_len} is beyond the model's context of {context}; lower it"
+            )
+        n, why = cfg.max_len, "--max-len"
+    else:
+        n = max_len_for_budget(model, cfg.slots, int(cfg.kv_budget_mb * 2**20))
+        if n < min(MIN_CACHE_LEN, context):
+            raise ScratchlmError(
+                f"--kv-budget-mb {cfg.kv_budget_mb:g} holds only {n} tokens per slot for {cfg.slots} slots; "
+                "raise --kv-budget-mb, lower --slots, or set --max-len"
+            )
+        why = "the whole context" if n == context else f"what fits --kv-budget-mb {cfg.kv_budget_mb:g}"
+    mib = cfg.slots * n * per_token / 2**20
+    line = (
+        f"KV cache: {cfg.slots} slots x {n} tokens = {mib:.4g} MiB ({why}; the model's context is {context})"
+    )
+    return n, line
 
 
 def serve(argv: list[str], prog: str) -> int:
@@ -64,6 +131,7 @@ def serve(argv: list[str], prog: str) -> int:
     cfg = parse(ServeConfig, argv, prog)
     _check_port_free(cfg.host, cfg.port)
     model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    max_len, cache_line = cache_len(cfg, model)
     name = cfg.model_name or cfg.checkpoint.resolve().name
     app = create_app(
         model,
@@ -73,7 +141,11 @@ def serve(argv: list[str], prog: str) -> int:
         api_key=cfg.api_key,
         slots=cfg.slots,
         max_waiting=cfg.max_waiting,
+        max_len=max_len,
+        max_request_bytes=int(cfg.max_request_mb * 2**20),
     )
-    print(f"serving {name!r} on http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)", file=sys.stderr, flush=True)
+    print(cache_line, file=sys.stderr, flush=True)
+    url = _url(cfg.host, cfg.port)
+    print(f"serving {name!r} on {url} (chat page at /, API at /v1)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
     return 0

@@ -19,8 +19,8 @@ Decisions:
   and its keys/values are copied into its slot, so prefill costs (n_new, L) tokens, not (all slots, L).
 - Decoding runs on rows 0..hi-1 only (hi = 1 + the highest busy slot; new sequences take the lowest free slot),
   so a lightly loaded engine does not pay for its empty slots.
-- One `torch.Generator` per sequence, seeded from `SampleConfig.seed` (+ i for the i-th of n samples): the same
-  seed gives the same tokens however the sequence is batched with others.
+- One CPU `torch.Generator` per sequence, seeded from `SampleConfig.seed` (+ i for the i-th of n samples): the
+  same seed gives the same tokens however the sequence is batched with others.
 - The engine knows nothing of text. Stop strings are found by the caller (`TextStream`), which then calls
   `finish(seq, "stop")` before the next step.
 """
@@ -102,7 +102,9 @@ class Engine:
         self.waiting: deque[GenSequence] = deque()
         self._settings_key: tuple[int, ...] = ()
         self._settings: RowSettings | None = None
-        self._seen: Tensor | None = None  # (slots, V) bool, prompt + output tokens, for the repetition penalty
+        self._seen: Tensor | None = (
+            None  # (slots, V) bool, prompt + output tokens, for the repetition penalty
+        )
         self._counts: Tensor | None = None  # (slots, V) int, output tokens, for frequency/presence penalties
 
     # ---- queue ----------------------------------------------------------------------------------------------
@@ -122,7 +124,9 @@ class Engine:
         self.check_prompt(len(seq.prompt))
         seed = seq.seed if seq.seed is not None else seq.config.seed
         if seq.config.temperature > 0:
-            seq.generator = torch.Generator(device=self.device)
+            # on the CPU whatever the model's device: `draw` takes one number per row from it, and MPS has
+            # no float64 (and the same seed gives the same numbers on every device)
+            seq.generator = torch.Generator()
             seq.generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
         if seq.config.max_new_tokens == 0:
             seq.finish_reason = "length"
@@ -202,7 +206,9 @@ class Engine:
         slots = [s.slot for s in seqs]
         if slots == list(range(slots[0], slots[0] + n)):
             # contiguous slots (always so for a static batch): write straight into the big cache
-            hidden = self.model.hidden_states(ids, cache=self._rows_view(slots[0], slots[0] + n), positions=positions)
+            hidden = self.model.hidden_states(
+                ids, cache=self._rows_view(slots[0], slots[0] + n), positions=positions
+            )
         else:
             # scattered free slots: prefill into a small cache of their own, then copy it into place
             small = KVCache.for_model(self.model, n, L, dtype=self.cache.k.dtype)
@@ -233,7 +239,8 @@ class Engine:
 
     def _penalty_state(self, seqs: list[GenSequence]) -> tuple[Tensor | None, Tensor | None]:
         uses = any(
-            s.config.repetition_penalty != 1 or s.config.frequency_penalty or s.config.presence_penalty for s in seqs
+            s.config.repetition_penalty != 1 or s.config.frequency_penalty or s.config.presence_penalty
+            for s in seqs
         )
         if not uses:
             return None, None
@@ -295,6 +302,17 @@ class Engine:
             self.add(s)
         while self.has_work():
             yield self.step()
+
+
+def kv_bytes_per_token(model: nn.Module) -> int:
+    """Bytes one token takes in the KV cache: keys and values of every layer, in the model's dtype."""
+    c = model.config
+    return 2 * c.n_layer * c.n_kv_head * c.head_dim * next(model.parameters()).element_size()
+
+
+def max_len_for_budget(model: nn.Module, slots: int, budget_bytes: int) -> int:
+    """The longest cache rows (at most the context) that `slots` of them fit in `budget_bytes`."""
+    return min(model.config.context_length, budget_bytes // (slots * kv_bytes_per_token(model)))
 
 
 def make_sequences(

@@ -105,7 +105,9 @@ def top_p_filter(logits: Tensor, p: float | Tensor, candidates: int = 256) -> Te
     if m < V and bool((top_probs.sum(-1, keepdim=True) < p_row).any()):
         top_probs, order = _sort_descending(probs)  # (B, V)
     mass_before = top_probs.cumsum(dim=-1) - top_probs
-    n_keep = (mass_before < p_row - 1e-6).sum(dim=-1, keepdim=True).clamp(min=1)  # (B, 1), a prefix by construction
+    n_keep = (
+        (mass_before < p_row - 1e-6).sum(dim=-1, keepdim=True).clamp(min=1)
+    )  # (B, 1), a prefix by construction
     threshold = top_probs.gather(-1, n_keep - 1)  # (B, 1): the least likely kept probability
     threshold = torch.where(p_row >= 1, torch.zeros_like(threshold), threshold)
     return logits.masked_fill(probs < threshold, NEG_INF)  # a tie with the last kept token is kept too
@@ -139,15 +141,28 @@ def draw(logits: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor
     exceeds u. One generator per row (per request) is what makes "same seed, same text" hold whatever else
     shares the batch: a row's random numbers never depend on the other rows. (`torch.multinomial` draws the
     same distribution but is ~50x slower on a 50k vocabulary on CPU.)
+
+    float32 only: Apple's MPS has no float64. u is drawn as a Python float from the row's (CPU) generator
+    (`_uniform`), the very number `torch.rand(dtype=float64)` gives, so seeded text is what it was with the old
+    float64 CDF except when u lands within float32 rounding (~1e-7) of a token boundary.
     """
-    probs = logits.double().softmax(dim=-1)  # (B, V); float64 so the cumulative sum is exact enough
-    cdf = probs.cumsum(dim=-1)
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=logits.device) for g in generators])
+    probs = logits.float().softmax(dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)  # on CPU the running sum is accumulated in double, then rounded to float32
+    u = torch.tensor([_uniform(g) for g in generators], dtype=torch.float32, device=logits.device)  # (B,)
     ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
     ids = ids.clamp(max=probs.shape[-1] - 1)
     # u * total can round up to the total itself, landing past the last possible token: take the best instead
     bad = probs.gather(-1, ids[:, None])[:, 0] == 0
     return torch.where(bad, probs.argmax(-1), ids) if bool(bad.any()) else ids
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    """A uniform number in [0, 1) with 53 random bits, without a float64 tensor.
+
+    Equal to `torch.rand(1, dtype=torch.float64, generator=g)` on a CPU generator (both take the low 53 bits of
+    one 64-bit draw), so seeds keep their meaning. Generators live on the CPU (see `engine.py`).
+    """
+    return int(torch.randint(0, 2**53, (1,), generator=generator)) / 2**53
 
 
 def logprobs_of(logits: Tensor, ids: Tensor, top_n: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,9 +199,10 @@ class RowSettings:
         def col(name: str, dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.tensor([getattr(c, name) for c in configs], dtype=dtype, device=device)
 
+        # any k beyond the vocabulary keeps every token; clamped so that a huge k still fits an int64
         return cls(
             temperature=col("temperature"),
-            top_k=col("top_k", torch.long),
+            top_k=torch.tensor([min(c.top_k, 2**62) for c in configs], dtype=torch.long, device=device),
             top_p=col("top_p"),
             min_p=col("min_p"),
             repetition_penalty=col("repetition_penalty"),

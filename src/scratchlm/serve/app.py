@@ -8,10 +8,16 @@ Decisions:
 - Handlers never run the model: they validate, encode the prompt, and hand a `Job` to the one decoding thread
   (`worker.py`), then wait on the job's events. Concurrent requests therefore share batched decoding steps.
 - Every error is OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with the matching
-  status: 400 bad request (malformed JSON, bad values, prompt longer than the context), 401 wrong API key,
-  404 unknown model or route, 429 queue full. FastAPI's own 422 validation answers are turned into 400.
-- Streams are server-sent events, one JSON chunk per `data:` line, ending in `data: [DONE]`. A client that
-  disconnects mid-stream has its sequences cancelled, freeing their slots.
+  status: 400 bad request (malformed JSON, bad values, prompt longer than `max_len`, a request bigger than the
+  slots and queue together), 401 wrong API key, 404 unknown model or route, 413 body over `max_request_bytes`,
+  429 queue full. FastAPI's own 422 validation answers are turned into 400.
+- Nothing slow runs on the event loop: bodies over the limit are refused while they arrive (`BodyLimit`), a
+  text obviously too long for the context is refused before tokenizing, and tokenizing runs in a thread. So
+  /health and every stream keep answering while a huge prompt is handled.
+- `max_len` bounds the KV cache (slots x max_len tokens). A prompt longer than it is a 400; `max_tokens` beyond
+  what is left is bounded: the reply ends with finish reason "length" when the cache row is full.
+- Streams are server-sent events, one JSON chunk per `data:` line, ending in `data: [DONE]` (also after an
+  error chunk). A client that disconnects, streaming or not, has its sequences cancelled, freeing their slots.
 - Same seed, same text: request `seed` s seeds choice i with s + i, exactly as `scratchlm generate --seed s`.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import socket
 import threading
@@ -33,25 +40,33 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
-from scratchlm.errors import ScratchlmError
+from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.generate.chat import chat_prompt
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.engine import Engine, TokenLogprob, make_sequences
 from scratchlm.generate.text import default_stop_ids, encode_prompt
 from scratchlm.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
-from scratchlm.serve.worker import EngineWorker, Job, Piece, QueueFull
+from scratchlm.serve.worker import EngineWorker, Job, NeverFits, Piece, QueueFull
 from scratchlm.tokenizer.chat import ChatTemplate
+
+log = logging.getLogger("scratchlm.serve")
 
 
 class ApiError(Exception):
     """An error answered as OpenAI-style JSON with `status`."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.body = status, error_body(message, type_, param, code)
 
@@ -63,6 +78,10 @@ class ServerState:
     template: ChatTemplate
     worker: EngineWorker
     context_length: int
+    """Tokens per cache row (`max_len`): prompt + output of one sequence."""
+    max_token_bytes: int
+    """Bytes of the longest token: a text of more characters than context_length x this cannot fit."""
+    limit_name: str = "the model's maximum context length"
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -74,16 +93,26 @@ def create_app(
     api_key: str | None = None,
     slots: int = 8,
     max_waiting: int = 64,
+    max_len: int | None = None,
+    max_request_bytes: int = 4 * 2**20,
 ) -> FastAPI:
-    """The server for one model. `slots`: sequences decoded together; `max_waiting`: queue bound (then 429)."""
+    """The server for one model. `slots`: sequences decoded together; `max_waiting`: queue bound (then 429);
+    `max_len`: tokens per cache row (default: the model's context); `max_request_bytes`: body limit (then 413)."""
     model.eval()
-    engine = Engine(model, slots=slots)
+    context = model.config.context_length
+    if max_len is not None and not 1 <= max_len <= context:
+        raise ScratchlmError(f"max_len must be between 1 and the model's context {context}, got {max_len}")
+    engine = Engine(model, slots=slots, max_len=max_len)
     state = ServerState(
         model_name=model_name,
         tokenizer=tokenizer,
         template=chat_template or ChatTemplate.from_config(None),
         worker=EngineWorker(engine, tokenizer, max_waiting=max_waiting),
         context_length=engine.max_len,
+        max_token_bytes=_longest_token_bytes(tokenizer),
+        limit_name="the server's --max-len"
+        if engine.max_len < context
+        else "the model's maximum context length",
     )
 
     @asynccontextmanager
@@ -94,15 +123,22 @@ def create_app(
 
     app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.scratchlm = state
-    if api_key:
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    if api_key:  # added last, so it runs first: a wrong key is refused before the body is read
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     _add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         w = state.worker
-        return {"status": "ok", "model": state.model_name, "slots": w.engine.slots, "running": w.running(),
-                "waiting": w.waiting(), "steps": w.steps}
+        return {
+            "status": "ok",
+            "model": state.model_name,
+            "slots": w.engine.slots,
+            "running": w.running(),
+            "waiting": w.waiting(),
+            "steps": w.steps,
+        }
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -118,42 +154,54 @@ def create_app(
         return _model_card(state)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         _check_model(state, req.model)
-        prompts = _prompt_ids(state, req.prompt)
-        max_new = _max_new(state, req.max_tokens, prompts)
-        cfg = req.sample_config(max_new, logprobs=req.logprobs)
+        prompts = await asyncio.to_thread(_prompt_ids, state, req.prompt)  # tokenizing is slow: off the loop
+        max_new = _max_new(state, req.max_tokens, "max_tokens", prompts)
+        cfg = _sample_config(req, max_new, logprobs=req.logprobs)
         job = _submit(state, prompts, cfg, stop_ids=default_stop_ids(state.tokenizer, cfg))
         echo = [state.tokenizer.decode(p) if req.echo else "" for p in prompts for _ in range(cfg.n)]
         meta = _meta("cmpl", req.model, "text_completion")
         usage_prompt = sum(len(p) for p in prompts)
         if req.stream:
             return _sse(state, job, _completion_chunks(state, job, meta, echo, req, usage_prompt))
-        results = await _collect(state, job)
+        results = await _collect(state, job, request)
+        if results is None:
+            return _CLIENT_GONE
         choices = []
         for i, r in enumerate(results):
-            lp = _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i])) if req.logprobs is not None else None
-            choices.append({"text": echo[i] + r.text, "index": i, "logprobs": lp, "finish_reason": r.finish_reason})
+            lp = (
+                _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i]))
+                if req.logprobs is not None
+                else None
+            )
+            choices.append(
+                {"text": echo[i] + r.text, "index": i, "logprobs": lp, "finish_reason": r.finish_reason}
+            )
         return {**meta, "choices": choices, "usage": _usage(usage_prompt, results)}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest) -> Any:
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(state, req.model)
+        messages = [m.as_dict() for m in req.messages]
+        _check_chars(state, sum(len(m["content"]) for m in messages), param="messages")
         try:
-            prompt = chat_prompt(state.template, state.tokenizer, [m.as_dict() for m in req.messages])
+            prompt = await asyncio.to_thread(chat_prompt, state.template, state.tokenizer, messages)
         except ScratchlmError as e:
             raise ApiError(400, str(e), param="messages") from None
         _check_length(state, [prompt.ids], param="messages")
-        max_new = _max_new(state, req.max_new(), [prompt.ids])
+        max_new = _max_new(state, *req.max_new(), [prompt.ids])
         top = (req.top_logprobs or 0) if req.logprobs else None
-        cfg = req.sample_config(max_new, logprobs=top)
+        cfg = _sample_config(req, max_new, logprobs=top)
         cfg.stop = prompt.stop_strings + cfg.stop
         stop_ids = [] if req.ignore_eos else prompt.stop_ids
         job = _submit(state, [prompt.ids], cfg, stop_ids=stop_ids)
         meta = _meta("chatcmpl", req.model, "chat.completion")
         if req.stream:
             return _sse(state, job, _chat_chunks(state, job, meta, req, len(prompt.ids)))
-        results = await _collect(state, job)
+        results = await _collect(state, job, request)
+        if results is None:
+            return _CLIENT_GONE
         choices = [
             {
                 "index": i,
@@ -170,18 +218,47 @@ def create_app(
 
 # ---- request handling ------------------------------------------------------------------------------------------
 def _model_card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "scratchlm",
-            "context_length": state.context_length}
+    return {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "scratchlm",
+        "context_length": state.context_length,
+    }
 
 
 def _check_model(state: ServerState, name: str) -> None:
     if name != state.model_name:
-        raise ApiError(404, f"The model {name!r} does not exist; this server serves {state.model_name!r}",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model {name!r} does not exist; this server serves {state.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _longest_token_bytes(tokenizer: Any) -> int:
+    return max((len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)), default=1) or 1
+
+
+def _check_chars(state: ServerState, n_chars: int, param: str) -> None:
+    """Refuse text that cannot fit before tokenizing it: each token covers at most `max_token_bytes` bytes, so
+    a text needs at least n_chars / max_token_bytes tokens (tokenizing 8 MB of text takes many seconds)."""
+    if n_chars > state.context_length * state.max_token_bytes:
+        raise ApiError(
+            400,
+            f"The {param} is {n_chars} characters, far more than {state.limit_name} of {state.context_length} "
+            "tokens can hold; shorten it",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 def _prompt_ids(state: ServerState, prompt: Any) -> list[list[int]]:
-    """OpenAI's four prompt forms: a string, strings, token ids, lists of token ids."""
+    """OpenAI's four prompt forms: a string, strings, token ids, lists of token ids. Runs in a worker thread."""
+    texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+    for t in texts:
+        _check_chars(state, len(t), param="prompt")
     if isinstance(prompt, str):
         prompts = [encode_prompt(state.tokenizer, prompt)]
     elif prompt and all(isinstance(p, int) for p in prompt):
@@ -202,20 +279,29 @@ def _check_length(state: ServerState, prompts: list[list[int]], param: str) -> N
     if longest > state.context_length:
         raise ApiError(
             400,
-            f"This model's maximum context length is {state.context_length} tokens, however you requested "
-            f"{longest} tokens in the prompt; shorten the prompt",
+            f"{state.limit_name[0].upper() + state.limit_name[1:]} is {state.context_length} tokens, however you "
+            f"requested {longest} tokens in the {param}; shorten the {param}",
             param=param,
             code="context_length_exceeded",
         )
 
 
-def _max_new(state: ServerState, max_tokens: int | None, prompts: list[list[int]]) -> int:
+def _max_new(state: ServerState, max_tokens: int | None, param: str, prompts: list[list[int]]) -> int:
+    """New tokens to allow. `param` is the field the client sent (max_tokens or max_completion_tokens), so the
+    error names it. More than the cache row has left is allowed: the sequence stops at the row's end ("length")."""
+    room = state.context_length - min(len(p) for p in prompts)
     if max_tokens is None:
-        return state.context_length - min(len(p) for p in prompts)
+        return room
     if max_tokens < 0:
-        raise ApiError(400, f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens",
-                       code="invalid_value")
-    return max_tokens
+        raise ApiError(400, f"{param} must be >= 0, got {max_tokens}", param=param, code="invalid_value")
+    return min(max_tokens, room)
+
+
+def _sample_config(req: Any, max_new: int, logprobs: int | None) -> SampleConfig:
+    try:
+        return req.sample_config(max_new, logprobs=logprobs)
+    except ConfigError as e:  # SampleConfig's own range checks (a 64-bit seed, finite numbers)
+        raise ApiError(400, str(e), param=getattr(e, "param", None), code="invalid_value") from None
 
 
 def _submit(state: ServerState, prompts: list[list[int]], cfg: SampleConfig, stop_ids: list[int]) -> Job:
@@ -223,8 +309,12 @@ def _submit(state: ServerState, prompts: list[list[int]], cfg: SampleConfig, sto
     job = Job(seqs, state.tokenizer, cfg.stop, asyncio.get_running_loop())
     try:
         state.worker.submit(job)
+    except NeverFits as e:
+        raise ApiError(400, str(e), param="n" if cfg.n > 1 else "prompt", code="invalid_value") from None
     except QueueFull as e:
-        raise ApiError(429, f"the server is busy: {e}", type_="rate_limit_error", code="rate_limit_exceeded") from None
+        raise ApiError(
+            429, f"the server is busy: {e}", type_="rate_limit_error", code="rate_limit_exceeded"
+        ) from None
     return job
 
 
@@ -236,12 +326,21 @@ class _Result:
     finish_reason: str | None = None
 
 
-async def _collect(state: ServerState, job: Job) -> list[_Result]:
+_CLIENT_GONE = Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+_GONE = Piece(-1, "")  # put on a job's queue by `_watch_disconnect`
+
+
+async def _collect(state: ServerState, job: Job, request: Request) -> list[_Result] | None:
+    """All pieces of a non-streaming job; None (and the job cancelled) if the client hangs up first."""
     results = [_Result() for _ in job.seqs]
     pending = len(results)
+    watcher = asyncio.create_task(_watch_disconnect(request, job))
     try:
         while pending:
             piece = await job.events.get()
+            if piece is _GONE:
+                state.worker.cancel(job)
+                return None
             _check_piece(piece)
             r = results[piece.index]
             r.text += piece.text
@@ -253,7 +352,16 @@ async def _collect(state: ServerState, job: Job) -> list[_Result]:
     except BaseException:
         state.worker.cancel(job)
         raise
+    finally:
+        watcher.cancel()
     return results
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """Wait for the client to hang up (the body is read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.events.put_nowait(_GONE)
 
 
 def _check_piece(piece: Piece) -> None:
@@ -263,11 +371,20 @@ def _check_piece(piece: Piece) -> None:
 
 def _usage(prompt_tokens: int, results: list[_Result]) -> dict[str, int]:
     completion = sum(len(r.ids) for r in results)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 def _meta(prefix: str, model: str, obj: str) -> dict[str, Any]:
-    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": obj, "created": int(time.time()), "model": model}
+    return {
+        "id": f"{prefix}-{uuid.uuid4().hex[:24]}",
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+    }
 
 
 # ---- streaming ---------------------------------------------------------------------------------------------------
@@ -279,6 +396,11 @@ def _sse(state: ServerState, job: Job, chunks: AsyncIterator[dict[str, Any]]) ->
             yield "data: [DONE]\n\n"
         except ApiError as e:  # the stream has started (status 200 is sent): report the error in the stream
             yield f"data: {json.dumps(e.body)}\n\n"
+            yield "data: [DONE]\n\n"
+        except Exception as e:  # noqa: BLE001  - never end a stream without saying why and [DONE]
+            log.exception("stream failed")
+            yield f"data: {json.dumps(error_body(f'{type(e).__name__}: {e}', 'server_error'))}\n\n"
+            yield "data: [DONE]\n\n"
         finally:
             if any(not s.finished for s in job.seqs):
                 state.worker.cancel(job)
@@ -297,8 +419,14 @@ async def _pieces(job: Job) -> AsyncIterator[Piece]:
         yield piece
 
 
-async def _completion_chunks(state: ServerState, job: Job, meta: dict[str, Any], echo: list[str],
-                             req: CompletionRequest, prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+async def _completion_chunks(
+    state: ServerState,
+    job: Job,
+    meta: dict[str, Any],
+    echo: list[str],
+    req: CompletionRequest,
+    prompt_tokens: int,
+) -> AsyncIterator[dict[str, Any]]:
     results = [_Result() for _ in job.seqs]
     offsets = [len(e) for e in echo]
     for i, e in enumerate(echo):
@@ -311,13 +439,17 @@ async def _completion_chunks(state: ServerState, job: Job, meta: dict[str, Any],
         if req.logprobs is not None:
             lp = _completion_logprobs(state.tokenizer, p.token_ids, p.logprobs, offsets[p.index])
             offsets[p.index] += sum(len(t) for t in lp["tokens"])
-        yield {**meta, "choices": [{"text": p.text, "index": p.index, "logprobs": lp, "finish_reason": p.finish_reason}]}
+        yield {
+            **meta,
+            "choices": [{"text": p.text, "index": p.index, "logprobs": lp, "finish_reason": p.finish_reason}],
+        }
     if req.include_usage():
         yield {**meta, "choices": [], "usage": _usage(prompt_tokens, results)}
 
 
-async def _chat_chunks(state: ServerState, job: Job, meta: dict[str, Any], req: ChatCompletionRequest,
-                       prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+async def _chat_chunks(
+    state: ServerState, job: Job, meta: dict[str, Any], req: ChatCompletionRequest, prompt_tokens: int
+) -> AsyncIterator[dict[str, Any]]:
     meta = {**meta, "object": "chat.completion.chunk"}
     results = [_Result() for _ in job.seqs]
     for i in range(len(job.seqs)):
@@ -327,11 +459,19 @@ async def _chat_chunks(state: ServerState, job: Job, meta: dict[str, Any], req: 
         results[p.index].ids += p.token_ids
         lp = _chat_logprobs(state.tokenizer, p.token_ids, p.logprobs) if req.logprobs else None
         if p.text or lp:
-            yield {**meta, "choices": [{"index": p.index, "delta": {"content": p.text}, "logprobs": lp,
-                                        "finish_reason": None}]}
+            yield {
+                **meta,
+                "choices": [
+                    {"index": p.index, "delta": {"content": p.text}, "logprobs": lp, "finish_reason": None}
+                ],
+            }
         if p.finish_reason:
-            yield {**meta, "choices": [{"index": p.index, "delta": {}, "logprobs": None,
-                                        "finish_reason": p.finish_reason}]}
+            yield {
+                **meta,
+                "choices": [
+                    {"index": p.index, "delta": {}, "logprobs": None, "finish_reason": p.finish_reason}
+                ],
+            }
     if req.include_usage():
         yield {**meta, "choices": [], "usage": _usage(prompt_tokens, results)}
 
@@ -341,7 +481,9 @@ def _token_str(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
-def _completion_logprobs(tokenizer: Any, ids: list[int], lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
+def _completion_logprobs(
+    tokenizer: Any, ids: list[int], lps: list[TokenLogprob], offset: int
+) -> dict[str, Any]:
     """The legacy completions shape: parallel lists of tokens, their logprobs, the top alternatives, offsets."""
     tokens = [_token_str(tokenizer, t) for t in ids]
     offsets = []
@@ -360,8 +502,12 @@ def _chat_logprobs(tokenizer: Any, ids: list[int], lps: list[TokenLogprob]) -> d
     def entry(t: int, v: float) -> dict[str, Any]:
         return {"token": _token_str(tokenizer, t), "logprob": v, "bytes": list(tokenizer.decode_bytes([t]))}
 
-    return {"content": [{**entry(t, lp.logprob), "top_logprobs": [entry(a, v) for a, v in lp.top]}
-                        for t, lp in zip(ids, lps)]}
+    return {
+        "content": [
+            {**entry(t, lp.logprob), "top_logprobs": [entry(a, v) for a, v in lp.top]}
+            for t, lp in zip(ids, lps)
+        ]
+    }
 
 
 # ---- errors and auth ---------------------------------------------------------------------------------------------
@@ -375,13 +521,23 @@ def _add_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            body = error_body(f"malformed JSON in the request body: {first.get('ctx', {}).get('error', '')}".strip(),
-                              "invalid_request_error", None, "invalid_json")
+            body = error_body(
+                f"malformed JSON in the request body: {first.get('ctx', {}).get('error', '')}".strip(),
+                "invalid_request_error",
+                None,
+                "invalid_json",
+            )
             return JSONResponse(body, status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
-        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+        message = (
+            f"{param}: {first.get('msg', 'invalid value')}"
+            if param
+            else str(first.get("msg", "invalid request"))
+        )
+        return JSONResponse(
+            error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -395,17 +551,67 @@ class ApiKeyMiddleware:
     """`--api-key`: every /v1 request needs `Authorization: Bearer <key>`, else 401 (the page and /health stay open)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.app, self.expected = app, api_key.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                body = error_body("Incorrect API key provided; pass it as 'Authorization: Bearer <key>'",
-                                  "invalid_request_error", None, "invalid_api_key")
+            scheme, _, key = given.strip().partition(b" ")
+            # the scheme is case-insensitive (RFC 9110: "bearer" and "BEARER" are "Bearer")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(key.strip(), self.expected):
+                body = error_body(
+                    "Incorrect API key provided; pass it as 'Authorization: Bearer <key>'",
+                    "invalid_request_error",
+                    None,
+                    "invalid_api_key",
+                )
                 await JSONResponse(body, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with 413, from Content-Length or while they arrive, so a huge
+    body is neither buffered whole nor parsed; the body read so far is replayed to the app otherwise."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(length))
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, size)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, size: int) -> None:
+        body = error_body(
+            f"the request body is {'at least ' if size <= self.max_bytes else ''}{size} bytes, over this server's "
+            f"limit of {self.max_bytes} bytes (--max-request-mb); send a smaller request",
+            "invalid_request_error",
+            None,
+            "request_too_large",
+        )
+        await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
 # ---- running ---------------------------------------------------------------------------------------------------
@@ -413,10 +619,12 @@ class BackgroundServer:
     """Run `app` under uvicorn in a thread on a free port (tests, benchmarks): `with BackgroundServer(app) as url:`."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::1" is IPv6
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
-        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        self.url = f"http://{shown}:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -10,7 +10,8 @@ Every request, streaming or not, becomes a `Job` of one or more `GenSequence`s. 
 the next step and leave it when they finish (continuous batching, see `generate/engine.py`). The engine is not
 thread-safe, so only this thread touches it; handlers talk to it through the inbox (new jobs, cancellations)
 and an asyncio queue per job (pieces of text). The queue of jobs waiting for a slot is bounded: `submit`
-raises `QueueFull` beyond `max_waiting` sequences, and the server answers 429.
+raises `QueueFull` beyond `max_waiting` sequences, and the server answers 429; a request that could never fit
+(more sequences than slots + queue) raises `NeverFits`, answered 400.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ log = logging.getLogger("scratchlm.serve")
 
 
 class QueueFull(Exception):
-    """Too many requests are waiting for a decoding slot."""
+    """Too many requests are waiting for a decoding slot (retry later: 429)."""
+
+
+class NeverFits(Exception):
+    """The request alone has more sequences than the slots and the queue hold together (retrying cannot help: 400)."""
 
 
 @dataclass
@@ -48,7 +53,9 @@ class Piece:
 class Job:
     """One request's sequences and the asyncio queue their pieces arrive on."""
 
-    def __init__(self, seqs: list[GenSequence], tokenizer: Any, stop: list[str], loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, seqs: list[GenSequence], tokenizer: Any, stop: list[str], loop: asyncio.AbstractEventLoop
+    ):
         self.seqs = seqs
         self.streams = [TextStream(tokenizer, stop) for _ in seqs]
         self.loop = loop
@@ -99,6 +106,13 @@ class EngineWorker:
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise `QueueFull` when more than `max_waiting` sequences would wait for a slot."""
+        capacity = self.engine.slots + self.max_waiting
+        if len(job.seqs) > capacity:
+            raise NeverFits(
+                f"this request needs {len(job.seqs)} sequences (prompts x n) but the server takes at most "
+                f"{capacity} at once (--slots {self.engine.slots} + --max-waiting {self.max_waiting}); "
+                "send fewer prompts or a smaller n"
+            )
         with self._wake:
             free = self.engine.slots - self.running()
             if self.waiting() + len(job.seqs) > self.max_waiting + free:
