@@ -3,6 +3,11 @@
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
 `--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora-rank`, ...). The command loads the
 starting checkpoint, builds the mode and hands both to `scratchlm.train.train`: there is no other loop.
+
+Every `--out` follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md), checked before
+anything is written: a finetune reuses only a run folder of its own mode (to resume), `lora merge` replaces only
+a folder it merged into before; neither ever writes into its --checkpoint (or its LoRA base) or --data, or over
+a file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tyro
 from scratchlm.cli.parsing import parse
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.fs import atomic_dir, check_out_dir, is_checkpoint_from
 from scratchlm.train.config import TrainConfig
 
 
@@ -157,16 +163,21 @@ class DPOConfig(_FinetuneBase):
 # ---- finetune commands --------------------------------------------------------------------------------------------
 
 
-def _start(cfg: _FinetuneBase) -> tuple[Any, Any, dict[str, Any]]:
-    """Seed, then load the starting model (adapters merged in), its tokenizer and config.json."""
+def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Check --out (`mode`: the run folder kind it may resume), seed, then load the starting model (adapters
+    merged in), its tokenizer and config.json."""
     from scratchlm import checkpoint
     from scratchlm import tokenizer as tokenizers
+    from scratchlm.cli.train import run_folder_test
     from scratchlm.train.loop import seed_everything
     from scratchlm.train.modes.finetune import load_plain_model
 
     assert cfg.checkpoint is not None
     step = checkpoint.resolve(cfg.checkpoint)
     config = checkpoint.load_config(step)
+    base = (config.get("lora") or {}).get("base")
+    inputs = [cfg.checkpoint, step, base, cfg.data]
+    check_out_dir(cfg.out, run_folder_test(type(cfg), mode), f"{mode} run", inputs)
     seed_everything(cfg.seed)
     if "classifier" in config:
         raise ScratchlmError(f"--checkpoint {step} is a classifier; finetune from a language-model checkpoint")
@@ -200,7 +211,7 @@ def classify(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.finetune import load_finetuned
 
     cfg = parse(ClassifyConfig, argv, prog)
-    model, tokenizer, _ = _start(cfg)
+    model, tokenizer, _ = _start(cfg, "classify")
     data = load_classification(
         cfg.data, tokenizer, cfg.text_field, cfg.label_field, cfg.columns or None, cfg.max_length,
         cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed,
@@ -228,7 +239,7 @@ def sft(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.sft import SFTMode
 
     cfg = parse(SFTConfig, argv, prog)
-    model, tokenizer, config = _start(cfg)
+    model, tokenizer, config = _start(cfg, "sft")
     mode = SFTMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
         cfg.val_fraction, cfg.seed, cfg.lora_config(), cfg.checkpoint,
@@ -243,7 +254,7 @@ def dpo(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.dpo import DPOMode
 
     cfg = parse(DPOConfig, argv, prog)
-    model, tokenizer, config = _start(cfg)
+    model, tokenizer, config = _start(cfg, "dpo")
     mode = DPOMode(
         cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
         cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
@@ -309,7 +320,13 @@ class MergeConfig:
 def lora_merge(argv: list[str], prog: str) -> int:
     from scratchlm import checkpoint
     from scratchlm.model.lora import merge_lora
-    from scratchlm.train.modes.finetune import ADAPTER_FILE, base_model_of, load_finetuned, save_finetuned
+    from scratchlm.train.modes.finetune import (
+        ADAPTER_FILE,
+        HEAD_FILE,
+        base_model_of,
+        load_finetuned,
+        save_finetuned,
+    )
 
     cfg = parse(MergeConfig, argv, prog)
     if cfg.checkpoint is None or cfg.out is None:
@@ -317,11 +334,23 @@ def lora_merge(argv: list[str], prog: str) -> int:
     step = checkpoint.resolve(cfg.checkpoint)
     if not (step / ADAPTER_FILE).is_file():
         raise ScratchlmError(f"{step} has no {ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
+    base = checkpoint.load_config(step).get("lora", {}).get("base")
+    check_out_dir(
+        cfg.out,
+        is_checkpoint_from("merged_from", [HEAD_FILE]),
+        "checkpoint written by `lora merge`",
+        [cfg.checkpoint, step, base],
+    )
     module, tokenizer, config = load_finetuned(step)
     merge_lora(base_model_of(module))
     reserved = ("format_version", "scratchlm_version", "model", "lora")
     extra = {k: v for k, v in config.items() if k not in reserved}
     extra["merged_from"] = {"adapters": str(step.resolve()), "base": config["lora"]["base"]}
-    save_finetuned(cfg.out, module, tokenizer, extra)
+    # save_finetuned stages beside its target under a fixed name: give it a target inside our fresh folder
+    with atomic_dir(cfg.out, what="merged checkpoint") as tmp:
+        staged = save_finetuned(tmp / "merged", module, tokenizer, extra)
+        for child in staged.iterdir():
+            child.rename(tmp / child.name)
+        staged.rmdir()
     print(f"merged {step} into {cfg.out}")
     return 0
