@@ -57,12 +57,12 @@ def train(argv: list[str], prog: str) -> int:
     cfg = parse(TrainCommand, argv, prog)
     if not cfg.input:
         raise ScratchlmError("name the text to train on: --input FILE [FILE ...]")
+    texts = [_read_text(p) for p in cfg.input]
     # an older tokenizer file is replaced (atomically); an input or any other file is refused
     check_out_file(cfg.out, is_tokenizer_file, "a scratchlm tokenizer file", cfg.input)
     ensure_writable_dir(
         cfg.out.parent if str(cfg.out.parent) else Path("."), what="--out"
     )  # fail before training
-    texts = [_read_text(p) for p in cfg.input]
     start = time.perf_counter()
 
     def progress(i: int, n: int, token: bytes, count: int) -> None:
