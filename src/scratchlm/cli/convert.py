@@ -1,4 +1,9 @@
-"""`scratchlm convert from-hf` and `scratchlm convert to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints."""
+"""`scratchlm convert from-hf` and `scratchlm convert to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints.
+
+OUT follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md): a new or empty folder, or
+one this same command wrote before (from-hf: a checkpoint whose config.json has `hf_source`; to-hf: an HF
+folder holding `scratchlm_tokenizer.json`), which is then replaced; never an input, a file or anything else.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import tyro
 
 from scratchlm.cli.parsing import parse
 from scratchlm.errors import ScratchlmError
+from scratchlm.fs import check_out_dir, is_checkpoint_from, is_hf_export
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -49,6 +55,13 @@ def from_hf(argv: list[str], prog: str) -> int:
     from scratchlm.interop import hf
 
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    tokenizer_file = cfg.tokenizer if cfg.tokenizer and Path(cfg.tokenizer).exists() else None
+    check_out_dir(
+        cfg.out,
+        is_checkpoint_from("hf_source"),
+        "checkpoint written by `convert from-hf`",
+        [cfg.hf_dir, tokenizer_file],
+    )
     out = hf.import_hf(cfg.hf_dir, cfg.out, tokenizer=cfg.tokenizer, dtype=dtype)
     config = checkpoint.load_model_config(out)
     arch = checkpoint.load_config(out)["hf_source"]["architecture"]
@@ -58,9 +71,14 @@ def from_hf(argv: list[str], prog: str) -> int:
 
 def to_hf(argv: list[str], prog: str) -> int:
     cfg = parse(ToHFCommand, argv, prog)
+    from scratchlm import checkpoint
     from scratchlm.interop import hf
 
-    out, notes = hf.export_hf(cfg.checkpoint, cfg.out)
+    step = checkpoint.resolve(cfg.checkpoint)
+    check_out_dir(
+        cfg.out, is_hf_export, "Hugging Face folder written by `convert to-hf`", [cfg.checkpoint, step]
+    )
+    out, notes = hf.export_hf(step, cfg.out)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote Hugging Face folder {out}")

@@ -3,6 +3,11 @@
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
 `--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora.rank`, ...). The command loads the
 starting checkpoint, builds the mode and hands both to `scratchlm.train.train`: there is no other loop.
+
+Every `--out` follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md), checked before
+anything is written: a finetune reuses only a run folder of its own mode (to resume), `lora merge` replaces only
+a folder it merged into before; neither ever writes into its --checkpoint (or its LoRA base) or --data, or over
+a file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tyro
 from scratchlm.cli.parsing import parse
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.fs import check_out_dir, is_checkpoint_from
 from scratchlm.model.lora import LoRAConfig
 from scratchlm.train.config import TrainConfig
 
@@ -154,13 +160,19 @@ class DPOConfig(_FinetuneBase):
 # ---- finetune commands --------------------------------------------------------------------------------------------
 
 
-def _start(cfg: _FinetuneBase) -> tuple[Any, Any, dict[str, Any]]:
-    """Seed, then load the starting model (adapters merged in), its tokenizer and config.json."""
+def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Check --out (`mode`: the run folder kind it may resume), seed, then load the starting model (adapters
+    merged in), its tokenizer and config.json."""
     from scratchlm import checkpoint
+    from scratchlm.cli.train import run_folder_test
     from scratchlm.train.loop import seed_everything
 
     if cfg.checkpoint is None:
         raise ConfigError("--checkpoint is required: the folder of the model to finetune")
+    step = checkpoint.resolve(cfg.checkpoint)
+    lora = checkpoint.load_config(step).get("lora")
+    base = checkpoint.base_of(step, lora) if isinstance(lora, dict) else None
+    check_out_dir(cfg.out, run_folder_test(type(cfg), mode), f"{mode} run", [cfg.checkpoint, step, base, cfg.data])
     seed_everything(cfg.seed)
     loaded = checkpoint.read(cfg.checkpoint, expect="lm")
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
@@ -193,7 +205,7 @@ def classify(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.classify import ClassifyMode
 
     cfg = parse(ClassifyConfig, argv, prog)
-    model, tokenizer, _ = _start(cfg)
+    model, tokenizer, _ = _start(cfg, "classify")
     data = load_classification(
         cfg.data, tokenizer, cfg.text_field, cfg.label_field, cfg.columns or None, cfg.max_length,
         cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed,
@@ -221,7 +233,7 @@ def sft(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.sft import SFTMode
 
     cfg = parse(SFTConfig, argv, prog)
-    model, tokenizer, config = _start(cfg)
+    model, tokenizer, config = _start(cfg, "sft")
     mode = SFTMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
         cfg.val_fraction, cfg.seed, cfg.lora_config(), cfg.checkpoint,
@@ -236,7 +248,7 @@ def dpo(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.dpo import DPOMode
 
     cfg = parse(DPOConfig, argv, prog)
-    model, tokenizer, config = _start(cfg)
+    model, tokenizer, config = _start(cfg, "dpo")
     mode = DPOMode(
         cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
         cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
@@ -308,11 +320,18 @@ def lora_merge(argv: list[str], prog: str) -> int:
     step = checkpoint.resolve(cfg.checkpoint)
     if not (step / checkpoint.ADAPTER_FILE).is_file():
         raise ScratchlmError(f"{step} has no {checkpoint.ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
+    base = checkpoint.base_of(step, checkpoint.load_config(step).get("lora") or {})
+    check_out_dir(
+        cfg.out,
+        is_checkpoint_from("merged_from", [checkpoint.HEAD_FILE]),
+        "checkpoint written by `lora merge`",
+        [cfg.checkpoint, step, base],
+    )
     loaded = checkpoint.read(step)  # adapters merged, a tied head untied (exact)
     config = loaded.config
     reserved = ("format_version", "scratchlm_version", "model", "lora")
     extra = {k: v for k, v in config.items() if k not in reserved}
-    extra["merged_from"] = {"adapters": str(step.resolve()), "base": str(checkpoint.base_of(step, config["lora"]))}
+    extra["merged_from"] = {"adapters": str(step.resolve()), "base": str(base)}
     checkpoint.save_finetuned(cfg.out, loaded.model, loaded.tokenizer, extra)
     print(f"merged {step} into {cfg.out}")
     return 0

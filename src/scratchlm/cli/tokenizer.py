@@ -13,7 +13,7 @@ import tyro
 
 from scratchlm.cli.parsing import parse
 from scratchlm.errors import ScratchlmError
-from scratchlm.fs import ensure_writable_dir
+from scratchlm.fs import check_out_file, ensure_writable_dir, is_tokenizer_file
 from scratchlm.tokenizer import Tokenizer, load
 from scratchlm.tokenizer.patterns import DisallowedSpecialError, pattern_name
 from scratchlm.tokenizer.train import TokenizerTrainConfig
@@ -57,14 +57,12 @@ def train(argv: list[str], prog: str) -> int:
     cfg = parse(TrainCommand, argv, prog)
     if not cfg.input:
         raise ScratchlmError("name the text to train on: --input FILE [FILE ...]")
-    if cfg.out.is_dir():
-        raise ScratchlmError(
-            f"--out {cfg.out} is a folder; give a file name such as {cfg.out / 'tokenizer.json'}"
-        )
+    texts = [_read_text(p) for p in cfg.input]
+    # an older tokenizer file is replaced (atomically); an input or any other file is refused
+    check_out_file(cfg.out, is_tokenizer_file, "a scratchlm tokenizer file", cfg.input)
     ensure_writable_dir(
         cfg.out.parent if str(cfg.out.parent) else Path("."), what="--out"
     )  # fail before training
-    texts = [_read_text(p) for p in cfg.input]
     start = time.perf_counter()
 
     def progress(i: int, n: int, token: bytes, count: int) -> None:

@@ -7,6 +7,11 @@
 Settings, lowest precedence first: the TrainConfig defaults, the recipe named by `--preset`
 (`presets/recipe/<name>.yaml`), a `--config FILE.yaml`, then flags. The resolved settings are written to
 `<out>/config.yaml`, which `--config` accepts to repeat the run.
+
+`--out` follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md): a new or empty folder, or
+a pretrain run folder to resume or extend (its checkpoints say `train_mode: pretrain`; before the first one,
+its config.yaml loads as these settings); never a finetuning run, a checkpoint, shards, a file, the --data
+folder, or a folder of other files.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import gzip
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +31,7 @@ import yaml
 from scratchlm.cli.parsing import parse
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ScratchlmError
+from scratchlm.fs import check_out_dir, is_run_of, is_shard_folder
 from scratchlm.train.config import TrainConfig
 
 EMBEDDED_CORPUS = "tinyshakespeare.txt.gz"
@@ -148,6 +155,35 @@ def prepare_embedded_corpus(out: Path) -> Path:
     return shard_dir
 
 
+def run_folder_test(cls: type, mode: str) -> Callable[[Path], bool]:
+    """Test for `check_out_dir`: a run folder of training mode `mode`. Before its first checkpoint the run is
+    known by its config.yaml (the resolved settings the loop writes): it names `out`, and every top-level key is
+    a field of the command dataclass `cls` (each command has fields the others lack; a newer version may add
+    fields, so a missing one is fine)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+
+    def loads(config_yaml: Path) -> bool:
+        try:
+            data = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(data, dict) and "out" in data and set(data) <= fields
+
+    return lambda folder: is_run_of(folder, mode, loads)
+
+
+def check_pretrain_out(cmd: PretrainCommand) -> None:
+    """The output rule for `--out`, before anything is written."""
+    is_run = run_folder_test(PretrainCommand, "pretrain")
+
+    def reusable(folder: Path) -> bool:
+        # killed while the embedded corpus was prepared: only <out>/data, and it holds shards
+        only_corpus = cmd.data is None and {p.name for p in folder.iterdir()} == {"data"}
+        return is_run(folder) or (only_corpus and is_shard_folder(folder / "data"))
+
+    check_out_dir(cmd.out, reusable, "pretrain run", [cmd.data])
+
+
 def pretrain(argv: list[str], prog: str) -> int:
     preset = _preset_from_argv(argv)
     base = load_recipe(preset) if preset else None
@@ -171,6 +207,9 @@ def run_pretrain(cmd: PretrainCommand) -> int:
             f"model preset {cmd.model_preset!r} (vocab_size {model_config.vocab_size}) needs --data: shards made "
             "with its tokenizer by `scratchlm data prepare`; the embedded corpus is for char-level models"
         )
+    # every rank checks, except with the embedded corpus: there the others may already see rank 0 preparing it
+    if cmd.data is not None or _is_rank0():
+        check_pretrain_out(cmd)
     if cmd.data is None:
         if _is_rank0():
             prepare_embedded_corpus(cmd.out)
