@@ -47,7 +47,10 @@ def test_continuous_batching_reuses_slots_and_matches_alone(tiny_gpt, family: st
     prompts = PROMPTS + [[7] * 20, [3, 1]]
     budgets = [3, 10, 6, 1, 8, 5]
     engine = Engine(model, slots=2)
-    seqs = [engine.add(GenSequence(p, SampleConfig(temperature=0.0, max_new_tokens=b))) for p, b in zip(prompts, budgets)]
+    seqs = [
+        engine.add(GenSequence(p, SampleConfig(temperature=0.0, max_new_tokens=b)))
+        for p, b in zip(prompts, budgets)
+    ]
     steps = 0
     while engine.has_work():
         engine.step()
@@ -85,7 +88,9 @@ def test_same_seed_same_tokens_whatever_the_batch(tiny_gpt) -> None:
     [[alone]] = generate_ids(model, [PROMPTS[0]], cfg)
     batched = generate_ids(model, PROMPTS, cfg)
     assert batched[0][0].output == alone.output
-    other = generate_ids(model, [PROMPTS[0]], SampleConfig(temperature=1.0, top_k=20, max_new_tokens=15, seed=124))
+    other = generate_ids(
+        model, [PROMPTS[0]], SampleConfig(temperature=1.0, top_k=20, max_new_tokens=15, seed=124)
+    )
     assert other[0][0].output != alone.output
 
 
@@ -95,7 +100,9 @@ def test_n_samples_use_seed_plus_i(tiny_gpt) -> None:
     [group] = generate_ids(model, [PROMPTS[1]], cfg)
     assert len(group) == 3
     for i, seq in enumerate(group):
-        [[one]] = generate_ids(model, [PROMPTS[1]], SampleConfig(temperature=1.0, max_new_tokens=8, seed=5 + i))
+        [[one]] = generate_ids(
+            model, [PROMPTS[1]], SampleConfig(temperature=1.0, max_new_tokens=8, seed=5 + i)
+        )
         assert seq.output == one.output
 
 
@@ -132,9 +139,49 @@ def test_text_layer_generate_and_stop_strings(tiny_gpt, gpt2_tokenizer) -> None:
     [[c]] = complete(model, tok, ["Hello there"], SampleConfig(temperature=0, max_new_tokens=20, stop=[stop]))
     assert c.text == text[: text.find(stop)] and c.finish_reason == "stop"
     # streaming pieces join to the same text
-    pieces = list(stream_completion(model, tok, "Hello there", SampleConfig(temperature=0, max_new_tokens=20)))
+    pieces = list(
+        stream_completion(model, tok, "Hello there", SampleConfig(temperature=0, max_new_tokens=20))
+    )
     assert "".join(p for p, _ in pieces) == text and pieces[-1][1].text == text
     # the training loop's entry is seeded
     a = generate(model, tok, "Hi", max_new_tokens=10, temperature=1.0, top_k=50, seed=1)
     assert a == generate(model, tok, "Hi", max_new_tokens=10, temperature=1.0, top_k=50, seed=1)
     assert model.training is False
+
+
+def test_kv_budget_bounds_a_llama_3_2_1b_cache() -> None:
+    """Llama-3.2-1B's shape (built on the meta device, no memory): 8 slots of its 131072-token context would
+    need 64 GiB in fp32; a 2 GiB budget gives rows of 4096 tokens (16 layers x 8 KV heads x 64 dims x K, V)."""
+    from scratchlm.generate.engine import kv_bytes_per_token, max_len_for_budget
+    from scratchlm.model import GPT, ModelConfig
+
+    cfg = ModelConfig(
+        vocab_size=128256,
+        context_length=131072,
+        n_layer=16,
+        n_head=32,
+        n_kv_head=8,
+        d_model=2048,
+        d_ff=8192,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rope",
+        bias=False,
+    )
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert kv_bytes_per_token(model) == 2 * 16 * 8 * 64 * 4
+    assert 8 * 131072 * kv_bytes_per_token(model) == 64 * 2**30
+    assert max_len_for_budget(model, 8, 2048 * 2**20) == 4096
+    assert max_len_for_budget(model.to(torch.bfloat16), 8, 2048 * 2**20) == 8192
+    assert max_len_for_budget(model, 1, 2**40) == 131072  # never beyond the context
+
+
+def test_engine_cache_is_sized_by_max_len(tiny_gpt) -> None:  # noqa: ANN001
+    model = tiny_gpt(context_length=64)
+    engine = Engine(model, slots=3, max_len=16)
+    assert engine.cache.k.shape == (2, 3, 2, 16, 16)
+    [seq] = [engine.add(GenSequence([1, 2, 3], SampleConfig(temperature=0.0, max_new_tokens=100)))]
+    while engine.has_work():
+        engine.step()
+    assert seq.finish_reason == "length" and len(seq.prompt) + len(seq.output) == 16
