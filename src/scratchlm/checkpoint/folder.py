@@ -8,7 +8,7 @@
       train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else)
     runs/<name>/latest     name of the newest complete step folder
 
-A folder is written as `<name>.tmp/` and renamed when complete (`scratchlm.fs.atomic_dir`); `latest` is updated
+A folder is written into a fresh, uniquely named sibling and renamed when complete (`scratchlm.fs.atomic_dir`); `latest` is updated
 after that, so a crash never leaves a half checkpoint that looks whole.
 
 Loading is memory-efficient: the model is built on the meta device (no memory, no init), each tensor is read from
