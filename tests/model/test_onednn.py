@@ -90,6 +90,20 @@ def test_torch_func_grad_vmap_jvp_hessian_equal_f_linear() -> None:
     torch.testing.assert_close(hess, want_hess, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_forward_mode_ad_keeps_the_tangent(requires_grad: bool) -> None:
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = _xwb(requires_grad=False)
+    tangent = torch.linspace(-1, 1, x.numel()).reshape(x.shape)
+    with fwAD.dual_level():
+        y = onednn.linear(fwAD.make_dual(x.clone().requires_grad_(requires_grad), tangent), w, b)
+        primal, tan = fwAD.unpack_dual(y)
+    torch.testing.assert_close(primal, F.linear(x, w, b), rtol=1e-5, atol=1e-6)
+    assert tan is not None
+    torch.testing.assert_close(tan, F.linear(tangent, w), rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture
 def one_process_mesh():
     """A 1-process gloo group on CPU (in-memory store: no ports, no files) and its DeviceMesh."""

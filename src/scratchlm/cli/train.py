@@ -138,7 +138,8 @@ def resolve_model_config(cmd: PretrainCommand) -> Any:
     from scratchlm.dataclass_io import from_dict
     from scratchlm.model.config import ModelConfig, load_preset_dict
 
-    preset = from_dict(ModelConfig, load_preset_dict(cmd.model_preset), where=f"model preset {cmd.model_preset!r}")
+    where = f"model preset {cmd.model_preset!r}"
+    preset = from_dict(ModelConfig, load_preset_dict(cmd.model_preset), where=where)
     # as ModelConfig.replace: derived fields (n_kv_head, d_ff) follow the fields they derive from
     return preset.replace(**{k: v for k, v in dataclasses.asdict(cmd.model).items() if v is not None})
 

@@ -90,7 +90,7 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("norm_eps", "rope_theta", "rope_low_freq_factor", "rope_high_freq_factor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if not _is_number(value) or not 0 < value < math.inf:
                 raise ConfigError(f"model {name} must be a positive number, got {value!r}")
         for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS), ("attn_impl", ATTN_IMPLS)):
             if getattr(self, name) not in allowed:
@@ -111,14 +111,15 @@ class ModelConfig:
             raise ConfigError(
                 f"rotary positions need an even head dim, got d_model/n_head = {self.head_dim}; change n_head"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
         if self.rope_scaling_factor is not None:
-            if not isinstance(self.rope_scaling_factor, (int, float)) or not 1 <= self.rope_scaling_factor < math.inf:
+            if not _is_number(self.rope_scaling_factor) or not 1 <= self.rope_scaling_factor < math.inf:
                 raise ConfigError(
                     f"model rope_scaling_factor must be >= 1 (or null), got {self.rope_scaling_factor!r}"
                 )
-            if self.rope_high_freq_factor <= self.rope_low_freq_factor:  # the scaling divides by their difference
+            # the scaling divides by their difference
+            if self.rope_high_freq_factor <= self.rope_low_freq_factor:
                 raise ConfigError(
                     f"model rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
                     f"rope_low_freq_factor={self.rope_low_freq_factor}"
@@ -165,8 +166,15 @@ class ModelConfig:
         return from_dict(ModelConfig, data, where="model config")
 
 
-SIZE_FIELDS = (
-    "vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "rope_original_context_length"
+SIZE_FIELDS = (  # must be positive integers
+    "vocab_size",
+    "context_length",
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "d_model",
+    "d_ff",
+    "rope_original_context_length",
 )
 _DERIVED = {  # fields whose None default __post_init__ derives from other fields, and the rule it uses
     "n_kv_head": lambda c: c.n_head,
@@ -191,6 +199,10 @@ def load_preset_dict(name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"model preset {name!r} is not a YAML mapping of ModelConfig fields")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _nearest_divisor(n: int, near: int) -> int:

@@ -58,7 +58,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if torch.get_default_device().type == "cpu":  # not on meta (checkpoint loading): that allocates nothing
+        # refuse before allocating; not on meta (checkpoint loading), which allocates nothing
+        if torch.get_default_device().type == "cpu":
             check_fits_in_memory(config, torch.get_default_dtype().itemsize)
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)

@@ -10,8 +10,8 @@ bit for bit.
 - a one-time self-check at first use against `F.linear` (one warning, then `F.linear` for good, if they differ);
 - plain CPU fp32 tensors only: tensor subclasses (DTensor, ...) own their dispatch and have no rule for the op;
 - not under autocast or `torch.compile`, whose handling of `F.linear` they own;
-- not under torch.func transforms (grad, vmap, jvp): the op has no batching rule and the autograd function no
-  functorch support.
+- not under torch.func transforms (grad, vmap, jvp) or forward-mode AD (`forward_ad.dual_level`): the op has no
+  batching rule and no forward-mode formula, and the autograd function no functorch support.
 Double backward is exact: when a graph of the backward is being built (`create_graph=True`), the backward is
 written with differentiable ops (this `linear` again), so second derivatives equal `F.linear`'s.
 
@@ -26,6 +26,7 @@ import warnings
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
@@ -44,7 +45,8 @@ _fast: bool | None = None  # _switch and _works, cached for the hot path; None: 
 
 
 def set_enabled(enabled: bool) -> None:
-    """Turn the oneDNN path on or off for the whole process (overrides SCRATCHLM_ONEDNN)."""
+    """Turn the oneDNN path on or off for the whole process (overrides SCRATCHLM_ONEDNN); a failed self-check
+    keeps it off."""
     global _switch, _fast
     _switch, _fast = bool(enabled), None
 
@@ -65,6 +67,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and (bias is None or (type(bias) in _PLAIN and bias.dtype == torch.float32))
         and not torch.compiler.is_compiling()  # before _resolve: a trace must not run the self-check
         and not torch._C._are_functorch_transforms_active()
+        and forward_ad._current_level < 0  # no dual_level: the op has no forward-mode formula (tangents lost)
         and not torch.is_autocast_enabled("cpu")
         and (_fast if _fast is not None else _resolve())
     ):
