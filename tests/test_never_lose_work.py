@@ -386,3 +386,13 @@ def test_markers_match_their_owners() -> None:
     } <= fs.CHECKPOINT_FILES
     assert (fs.SHARD_MANIFEST, fs.SHARD_FORMAT) == (shards.MANIFEST, shards.MANIFEST_FORMAT)
     assert fs.SHARD_PROGRESS == prepare.PROGRESS_DIR and fs.TOKENIZER_FORMAT == files.FORMAT
+
+
+def test_dangling_link_at_out_is_refused(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone")
+    code, err = run(capsys, ["convert", "to-hf", world / "base", out])
+    assert code == 2 and "is a link to nothing" in err and err.count("\n") == 1
+    assert out.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -320,6 +320,10 @@ def check_out_dir(
     or containing one, and anything else that is already there.
     """
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ScratchlmError(
+            f"{flag} {out} is a link to nothing; remove the link or pass another folder path"
+        )
     if out.exists() and not out.is_dir():
         raise ScratchlmError(
             f"{flag} {out} is a file; pass a folder path that does not exist yet (or an empty folder)"
