@@ -212,7 +212,7 @@ def is_run_of(folder: Path, mode: str, loads: Callable[[Path], bool]) -> bool:
     """A run folder of training mode `mode`, to resume or extend in place (nothing in it is removed).
 
     With checkpoints: their config.json's `train_mode`. Before the first checkpoint: only what a run writes, and a
-    config.yaml that `loads` accepts (it parses as this command's settings and names an `out`).
+    config.yaml that `loads` accepts (the command's test of its settings file).
     """
     found = run_mode(folder)
     if found is not None:
@@ -320,6 +320,10 @@ def check_out_dir(
     or containing one, and anything else that is already there.
     """
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ScratchlmError(
+            f"{flag} {out} is a link to nothing; remove the link or pass another folder path"
+        )
     if out.exists() and not out.is_dir():
         raise ScratchlmError(
             f"{flag} {out} is a file; pass a folder path that does not exist yet (or an empty folder)"

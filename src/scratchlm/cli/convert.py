@@ -61,6 +61,7 @@ def from_hf(argv: list[str], prog: str) -> int:
         is_checkpoint_from("hf_source"),
         "checkpoint written by `convert from-hf`",
         [cfg.hf_dir, tokenizer_file],
+        flag="output folder",
     )
     out = hf.import_hf(cfg.hf_dir, cfg.out, tokenizer=cfg.tokenizer, dtype=dtype)
     config = checkpoint.load_model_config(out)
@@ -76,7 +77,11 @@ def to_hf(argv: list[str], prog: str) -> int:
 
     step = checkpoint.resolve(cfg.checkpoint)
     check_out_dir(
-        cfg.out, is_hf_export, "Hugging Face folder written by `convert to-hf`", [cfg.checkpoint, step]
+        cfg.out,
+        is_hf_export,
+        "Hugging Face folder written by `convert to-hf`",
+        [cfg.checkpoint, step],
+        flag="output folder",
     )
     out, notes = hf.export_hf(step, cfg.out)
     for note in notes:

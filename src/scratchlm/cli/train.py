@@ -10,7 +10,7 @@ Settings, lowest precedence first: the TrainConfig defaults, the recipe named by
 
 `--out` follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md): a new or empty folder, or
 a pretrain run folder to resume or extend (its checkpoints say `train_mode: pretrain`; before the first one,
-its config.yaml loads as these settings); never a finetuning run, a checkpoint, shards, a file, the --data
+its config.yaml has only these settings' keys); never a finetuning run, a checkpoint, shards, a file, the --data
 folder, or a folder of other files.
 """
 
