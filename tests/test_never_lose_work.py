@@ -374,11 +374,12 @@ def test_atomic_dir_refuses_a_file(tmp_path: Path) -> None:
 def test_markers_match_their_owners() -> None:
     """fs names other modules' files without importing them (the tokenizer package must not load torch)."""
     from scratchlm.data import prepare, shards
+    from scratchlm.interop import hf
     from scratchlm.tokenizer import files
     from scratchlm.train import loop
 
     assert fs.CHECKPOINT_CONFIG == checkpoint.CONFIG_FILE and fs.LATEST_FILE == checkpoint.LATEST_FILE
-    assert fs.HF_TOKENIZER_COPY == checkpoint.HF_TOKENIZER_COPY and fs.STEP_PREFIX == loop.STEP_PREFIX
+    assert fs.HF_TOKENIZER_COPY == hf.HF_TOKENIZER_COPY and fs.STEP_PREFIX == loop.STEP_PREFIX
     assert {
         checkpoint.WEIGHTS_FILE,
         checkpoint.TOKENIZER_FILE,
