@@ -20,11 +20,12 @@ MODEL = "tiny"
 
 
 def _health_latencies(url: str, until: threading.Event, limit_s: float = 30.0) -> list[float]:
-    """Time /health again and again until `until` is set (at most `limit_s`)."""
+    """Time /health again and again until `until` is set (at most `limit_s`); at least once, since a refused
+    request can be answered before the first probe."""
     out: list[float] = []
     end = time.monotonic() + limit_s
     with httpx.Client(timeout=10) as c:
-        while not until.is_set() and time.monotonic() < end:
+        while not out or (not until.is_set() and time.monotonic() < end):
             t0 = time.monotonic()
             assert c.get(url + "/health").status_code == 200
             out.append(time.monotonic() - t0)
