@@ -138,3 +138,33 @@ def test_text_files_are_read_as_their_bytes(tmp_path: Path, capsys: pytest.Captu
     assert main(["eval", "perplexity", "--checkpoint", str(folder), "--input", str(path), "--context", "16",
                  "--stride", "8", "--json", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == len(want) - 1  # every token but the first is scored
+
+
+def test_classify_reads_a_lora_classifier_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchlm import tokenizer as tokenizers
+    from scratchlm.eval.classify import classify_texts
+    from scratchlm.model.classifier import ClassifierModel
+
+    tok = tokenizers.load("gpt2")
+    config = ModelConfig(vocab_size=50257, context_length=64, n_layer=2, n_head=2, d_model=32)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    checkpoint.save(base, GPT(config), tok)
+    module = ClassifierModel(checkpoint.load(base)[0], 2)
+    lora = LoRAConfig(rank=4, alpha=8, targets=("q", "v"))
+    inject_lora(module.model, lora)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(0, 0.2)
+        module.head.weight.normal_(0, 1.0)
+    spec = {"labels": ["ham", "spam"], "max_length": 32, "pad_id": 50256, "train": "last", "last_k": 1}
+    folder = tmp_path / "spam"
+    extra = {"lora": {**lora.__dict__, **checkpoint.base_record(base)}, "classifier": spec}
+    checkpoint.save_finetuned(folder, module.eval(), tok, extra, adapters_only=True)
+    texts = ["WINNER!! Claim your free prize now", "see you at lunch"]
+    want = classify_texts(module, tok, texts, spec)
+    assert main(["classify", "--checkpoint", str(folder), *texts]) == 0
+    got = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [float(g[1]) for g in got] == pytest.approx([w[1] for w in want], abs=1e-4)
