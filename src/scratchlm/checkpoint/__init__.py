@@ -26,6 +26,7 @@ from scratchlm.checkpoint.finetuned import (
     HEAD_FILE,
     base_model_of,
     base_of,
+    base_path,
     base_record,
     fill,
     save_finetuned,
@@ -56,7 +57,7 @@ from scratchlm.checkpoint.loader import Loaded, load, read
 
 __all__ = [
     "ADAPTER_FILE", "CONFIG_FILE", "FORMAT_VERSION", "HEAD_FILE", "LATEST_FILE", "TOKENIZER_FILE",
-    "TRAIN_STATE_DIR", "WEIGHTS_FILE", "Loaded", "TrainState", "base_model_of", "base_of", "base_record", "check_weights",
+    "TRAIN_STATE_DIR", "WEIGHTS_FILE", "Loaded", "TrainState", "base_model_of", "base_of", "base_path", "base_record", "check_weights",
     "expected_shapes", "fill", "load", "load_config", "load_model_config", "load_train_state", "mark_latest",
     "read", "resolve", "save", "save_finetuned", "save_step", "unwrap", "weights_for_save", "weights_sha256",
     "write",

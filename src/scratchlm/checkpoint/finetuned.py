@@ -70,12 +70,18 @@ def _relative_base(lora: Mapping[str, Any], step: Path) -> dict[str, Any]:
     return {**lora, "base": rel}
 
 
-def base_of(step: Path, lora: Mapping[str, Any]) -> Path:
-    """The base step folder an adapter checkpoint names, checked to be the very one it was trained on."""
+def base_path(step: Path, lora: Mapping[str, Any]) -> Path:
+    """The base step folder an adapter checkpoint names (not checked: `base_of` checks it)."""
     recorded = lora.get("base")
     if not isinstance(recorded, str):
         raise ScratchlmError(f"the LoRA checkpoint {step} names no base (config.json lora.base); it is damaged")
-    base = (step / recorded).resolve()  # an absolute record (older checkpoints) stays as it is
+    return (Path(step) / recorded).resolve()  # an absolute record (older checkpoints) stays as it is
+
+
+def base_of(step: Path, lora: Mapping[str, Any]) -> Path:
+    """The base step folder an adapter checkpoint names, checked to be the very one it was trained on."""
+    recorded = lora.get("base")
+    base = base_path(step, lora)
     if not (base / CONFIG_FILE).is_file():
         raise ScratchlmError(
             f"the LoRA checkpoint {step} adapts the base checkpoint {base} (lora.base {recorded!r}), which no "

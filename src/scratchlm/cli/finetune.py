@@ -171,7 +171,7 @@ def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
         raise ConfigError("--checkpoint is required: the folder of the model to finetune")
     step = checkpoint.resolve(cfg.checkpoint)
     lora = checkpoint.load_config(step).get("lora")
-    base = checkpoint.base_of(step, lora) if isinstance(lora, dict) else None
+    base = checkpoint.base_path(step, lora) if isinstance(lora, dict) else None  # read() checks it, once
     check_out_dir(cfg.out, run_folder_test(type(cfg), mode), f"{mode} run", [cfg.checkpoint, step, base, cfg.data])
     seed_everything(cfg.seed)
     loaded = checkpoint.read(cfg.checkpoint, expect="lm")
@@ -320,7 +320,7 @@ def lora_merge(argv: list[str], prog: str) -> int:
     step = checkpoint.resolve(cfg.checkpoint)
     if not (step / checkpoint.ADAPTER_FILE).is_file():
         raise ScratchlmError(f"{step} has no {checkpoint.ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
-    base = checkpoint.base_of(step, checkpoint.load_config(step).get("lora") or {})
+    base = checkpoint.base_path(step, checkpoint.load_config(step).get("lora") or {})  # read() checks it, once
     check_out_dir(
         cfg.out,
         is_checkpoint_from("merged_from", [checkpoint.HEAD_FILE]),
