@@ -168,3 +168,98 @@ def test_classify_reads_a_lora_classifier_checkpoint(tmp_path: Path, capsys: pyt
     got = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [float(g[1]) for g in got] == pytest.approx([w[1] for w in want], abs=1e-4)
+
+
+def _merged(tmp_path: Path, targets: tuple[str, ...]) -> tuple[Path, Path]:
+    """(adapter run folder, `lora merge` of it): every command is run on both and must agree."""
+    folder, _ = _adapted(tmp_path, targets)
+    assert main(["lora", "merge", "--checkpoint", str(folder), "--out", str(tmp_path / "merged")]) == 0
+    return folder.parent, tmp_path / "merged"
+
+
+def test_eval_mc_and_judge_read_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchlm.serve.app import BackgroundServer, create_app
+
+    lora, merged = _merged(tmp_path, ("q", "v", "mlp"))
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"context": f"Question {i}:", "choices": [" yes", " no", " maybe"],
+                                        "label": i % 3}) + "\n" for i in range(5)))
+    records = tmp_path / "instructions.json"
+    records.write_text(json.dumps([{"instruction": "Name a colour.", "output": "Red."}, {"instruction": "Say hi."}]))
+    from scratchlm import tokenizer as tokenizers
+
+    judge_model = GPT(ModelConfig(vocab_size=50257, context_length=512, n_layer=1, n_head=2, d_model=16))
+    judge_tok = tokenizers.load("gpt2")  # a real server plays the judge (its scores are noise; the answers are not)
+    mc, responses = {}, {}
+    with BackgroundServer(create_app(judge_model, judge_tok, model_name="judge", slots=2)) as url:
+        for name, ckpt in (("lora", lora), ("merged", merged)):
+            out = tmp_path / f"mc-{name}.json"
+            assert main(["eval", "mc", "--checkpoint", str(ckpt), "--task", str(task), "--shots", "1",
+                         "--out", str(out), "--json", "--device", "cpu"]) == 0
+            mc[name] = json.loads(out.read_text())["results"][0]["items"]
+            report = tmp_path / f"judge-{name}.json"
+            assert main(["eval", "judge", "--checkpoint", str(ckpt), "--data", str(records), "--judge-url", url,
+                         "--judge-model", "judge", "--out", str(report), "--max-new-tokens", "6", "--json",
+                         "--device", "cpu"]) == 0
+            responses[name] = [it["response"] for it in json.loads(report.read_text())["items"]]
+    capsys.readouterr()
+    assert [it["pred"] for it in mc["lora"]] == [it["pred"] for it in mc["merged"]]
+    for a, b in zip(mc["lora"], mc["merged"], strict=True):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+    assert responses["lora"] == responses["merged"] and any(r.strip() for r in responses["lora"])
+
+
+def test_chat_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    lora, merged = _merged(tmp_path, ("q", "k", "v", "o", "lm_head"))
+    capsys.readouterr()
+    replies = {}
+    for name, ckpt in (("lora", lora), ("merged", merged)):
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello there\nand again\n/exit\n"))
+        assert main(["chat", "--checkpoint", str(ckpt), "--temperature", "0", "--max-new-tokens", "8",
+                     "--device", "cpu"]) == 0
+        replies[name] = capsys.readouterr().out
+    assert replies["lora"] == replies["merged"] and len(replies["lora"].splitlines()) == 2
+
+
+def test_serve_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from openai import OpenAI
+
+    lora, merged = _merged(tmp_path, ("q", "v", "mlp"))
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(merged), "--prompt", "Once upon a time", "--temperature", "0",
+                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    want = capsys.readouterr().out.removesuffix("\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", "--checkpoint", str(lora), "--port",
+                             str(port), "--slots", "1", "--log-level", "warning", "--device", "cpu"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        got = client.completions.create(model="sft", prompt="Once upon a time", max_tokens=8, temperature=0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert got.choices[0].text == want and want.strip()

@@ -15,6 +15,7 @@ import torch
 
 from scratchlm import checkpoint
 from scratchlm.cli.main import main
+from scratchlm.errors import ScratchlmError
 from scratchlm.eval.judge import JudgeClient, JudgeUnavailable, chat_url, parse_score, run_judge, summarize
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.tokenizer import CharTokenizer
@@ -198,3 +199,12 @@ def test_cli_judge_down_is_one_line_exit_2(tiny_checkpoint: Path, tmp_path: Path
     assert err.endswith(f"0 of 1 items judged, kept in {out} (rerun to resume)")
     assert json.loads(out.read_text())["items"][0]["response"] is not None
     assert not list(tmp_path.glob(".report.json.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("code, hint", [(401, "; check --api-key"), (404, "; check --judge-url and --judge-model"),
+                                        (400, "")])
+def test_a_refusal_is_one_line_with_the_fix_that_fits(code: int, hint: str) -> None:
+    with StubJudge([("status", code)]) as stub:
+        with pytest.raises(ScratchlmError) as e:
+            JudgeClient(stub.url, "j", retries=0).ask([{"role": "user", "content": "hi"}])
+    assert str(e.value) == f"the judge at {stub.url}/v1/chat/completions refused the request (HTTP {code}: ){hint}"

@@ -93,6 +93,19 @@ class JudgeUnavailable(ScratchlmError):
     """The judge endpoint did not answer after all retries."""
 
 
+_REFUSAL_HINTS = {401: "; check --api-key", 403: "; check --api-key", 404: "; check --judge-url and --judge-model"}
+
+
+def _error_detail(body: bytes) -> str:
+    """The server's own message from an OpenAI-style error body, else the start of the body, on one line."""
+    text = body.decode("utf-8", "replace")
+    try:
+        text = str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        text = text[:200]
+    return " ".join(text.split())
+
+
 @dataclass
 class JudgeClient:
     url: str
@@ -126,10 +139,8 @@ class JudgeClient:
                 if e.code == 429 or e.code >= 500:
                     last = f"HTTP {e.code}"
                     continue
-                detail = e.read().decode("utf-8", "replace")[:200].replace("\n", " ")
-                raise ScratchlmError(
-                    f"the judge at {url} refused the request (HTTP {e.code}: {detail}); check --judge-model and --api-key"
-                ) from None
+                raise ScratchlmError(f"the judge at {url} refused the request (HTTP {e.code}: "
+                                     f"{_error_detail(e.read())}){_REFUSAL_HINTS.get(e.code, '')}") from None
             except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
                 reason = getattr(e, "reason", e)
                 last = str(reason) or type(reason).__name__
