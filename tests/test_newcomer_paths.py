@@ -140,6 +140,31 @@ def test_text_files_are_read_as_their_bytes(tmp_path: Path, capsys: pytest.Captu
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == len(want) - 1  # every token but the first is scored
 
 
+
+def test_tokenizer_train_and_info_read_files_as_their_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tokenizer trained on CRLF / lone-CR / tab files learns their carriage returns (newline translation would
+    hide them), encodes those bytes as tiktoken does with the same merges, and `info` counts every byte."""
+    from scratchlm import tokenizer as tokenizers
+
+    files = []
+    for i, data in enumerate([CRLF_TEXT.encode() * 6, b"a\rb\rc\r\r\n\r" * 10, b"\t\tx\r\n\ty\t\r\n" * 10]):
+        files.append(tmp_path / f"in{i}.txt")
+        files[-1].write_bytes(data)
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--input", *map(str, files), "--vocab-size", "290", "--out", str(out)]) == 0
+    tok = tokenizers.load(str(out))
+    assert any(b"\r" in t for t in tok.vocab[256:])  # a merge with a carriage return in it
+    reference = tok.to_tiktoken()
+    capsys.readouterr()
+    for path in files:
+        data = path.read_bytes()
+        assert main(["tokenizer", "encode", "--tokenizer", str(out), "--input", str(path)]) == 0
+        want = reference.encode_ordinary(data.decode())
+        assert json.loads(capsys.readouterr().out) == want
+        assert main(["tokenizer", "info", str(out), "--input", str(path)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1].startswith(f"{path}: {len(data)} bytes, {len(want)} tokens,")
+
+
 def test_classify_reads_a_lora_classifier_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from scratchlm import tokenizer as tokenizers
     from scratchlm.eval.classify import classify_texts
