@@ -91,3 +91,24 @@ def test_every_command_has_help(name: str) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout and "--config" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--checkpoint", "x", "--seed", "1e23"],
+         "error: --seed takes an integer (or None), got '1e23'; see `scratchlm generate --help`"),
+        (["generate", "--checkpoint", "x", "--temperature=hot"],
+         "error: --temperature takes a number, got 'hot'; see `scratchlm generate --help`"),
+        (["pretrain", "--model.vocab-size", "lots"],
+         "error: --model.vocab-size takes an integer (or None), got 'lots'; see `scratchlm pretrain --help`"),
+        (["generate", "--checkpoint", "x", "--frobnicate", "3"],
+         "error: unrecognized options: --frobnicate, 3; see `scratchlm generate --help`"),
+        (["serve"], "error: missing required --checkpoint PATH; see `scratchlm serve --help`"),
+    ],
+)
+def test_a_flag_tyro_cannot_parse_is_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"  # not tyro's multi-line box

@@ -7,7 +7,11 @@ flags override it. Booleans accept `--flag`, `--flag true|false` and `--no-flag`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import re
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,14 +46,90 @@ def parse(
     argv = _normalise_bools(argv, _bool_flags(cls))
     doc = (description or (cls.__doc__ or "")).strip()
     doc += "\n--config FILE.yaml loads these settings from a file; flags given after it override the file."
-    return tyro.cli(
-        cls,
-        args=argv,
-        prog=prog,
-        description=doc,
-        default=default,
-        config=(tyro.conf.FlagConversionOff,),
-    )
+    captured = io.StringIO()  # tyro draws a usage error as a box on stderr: it becomes one line instead
+    try:
+        with contextlib.redirect_stderr(captured):
+            result = tyro.cli(
+                cls,
+                args=argv,
+                prog=prog,
+                description=doc,
+                default=default,
+                config=(tyro.conf.FlagConversionOff,),
+            )
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise ScratchlmError(_one_line(captured.getvalue(), cls, argv, prog)) from None
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
+    return result
+
+
+_BOX = re.compile(r"[\u2500-\u257f]+|^\s*-{3,}\s*$")  # rich's box drawing, or its plain-terminal rules
+
+
+def _one_line(box: str, cls: type, argv: list[str], prog: str) -> str:
+    """tyro's boxed usage error as one line that names the flag, what it takes and what it got."""
+    rows = [_BOX.sub(" ", line).strip() for line in box.splitlines()]
+    title = next((row for row in rows if row), "")
+    body: list[str] = []
+    for row in rows[rows.index(title) + 1:] if title else []:
+        if not row:
+            if body:
+                break  # a rule or a blank row: what follows is detail and help text
+            continue
+        body.append(row)
+    if "Required options" in title:
+        missing = [row for row in body if row.startswith("--")]
+        if missing:
+            return f"missing required {', '.join(missing)}; see `{prog} --help`"
+    text = " ".join(" ".join(body).split()) or "invalid arguments"
+    flag = re.match(r"Error parsing (--[\w.-]+)", text)
+    if flag:
+        name = flag.group(1)
+        wanted = _describe(_field_type(cls, name[2:]))
+        got = _given(argv, name)
+        if wanted and got is not None:
+            text = f"{name} takes {wanted}, got {got!r}"
+    return f"{text[0].lower()}{text[1:].rstrip('.')}; see `{prog} --help`"
+
+
+def _field_type(cls: type, dotted: str) -> object:
+    """The annotation of the field a flag sets (`model.vocab-size` -> ModelConfig.vocab_size), or None."""
+    for part in dotted.replace("-", "_").split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _describe(tp: object) -> str | None:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+    if tp in names:
+        return names[tp]  # type: ignore[index]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + "|".join(map(str, args))
+    if args and type(None) in args:
+        inner = [_describe(a) for a in args if a is not type(None)]
+        if all(inner):
+            return " or ".join(inner) + " (or None)"  # type: ignore[arg-type]
+    return None
+
+
+def _given(argv: list[str], flag: str) -> str | None:
+    spellings = {flag, "--" + flag[2:].replace("-", "_")}
+    for i, arg in enumerate(argv):
+        if arg in spellings and i + 1 < len(argv):
+            return argv[i + 1]
+        key, eq, value = arg.partition("=")
+        if eq and key in spellings:
+            return value
+    return None
 
 
 def load_yaml_config(cls: type[T], path: Path, base: dict | None = None) -> T:
