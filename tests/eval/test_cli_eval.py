@@ -137,3 +137,19 @@ def test_periodic_tasks(run_dir: Path, tmp_path: Path, tok: CharTokenizer) -> No
         parse_task("helaswag")
     with pytest.raises(ScratchlmError, match="neither a text file nor a named text asset"):
         parse_task("ppl:nothing")
+
+
+def test_perplexity_limit_scores_the_first_lines(run_dir: Path, tmp_path: Path, tok: CharTokenizer,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    text = "".join(f"line {i}: {TEXT[:40]}\n" for i in range(30))
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    assert main(["eval", "perplexity", "--checkpoint", str(run_dir), "--input", str(path), "--limit", "5",
+                 "--context", "32", "--stride", "16", "--json", "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    model, _ = checkpoint.load(run_dir)
+    ref = perplexity_of_text(model, tok, "".join(text.splitlines(keepends=True)[:5]), 32, 16)
+    assert got["tokens"] == ref.tokens and got["nll"] == pytest.approx(ref.nll, rel=1e-6)
+    assert got["source"].endswith("(first 5 lines)")
+    assert main(["eval", "perplexity", "--checkpoint", str(run_dir), "--input", str(path), "--limit", "-1"]) == 2
+    assert _one_line_error(capsys).startswith("error: --limit must be 0")

@@ -48,6 +48,8 @@ class PerplexityConfig(_EvalRun):
     """Window length in tokens (default: the model's context length)."""
     stride: int | None = None
     """Tokens the window advances by (default: context / 2); stride = context scores disjoint windows."""
+    limit: int = 0
+    """Score only the first N lines of the text, for a quick look (0: all of it)."""
     batch_size: int = 4
     """Windows per forward pass."""
     progress: bool = True
@@ -142,6 +144,11 @@ def perplexity(argv: list[str], prog: str) -> int:
 
     cfg = parse(PerplexityConfig, argv, prog)
     text, source = _read_text(cfg)
+    if cfg.limit < 0:
+        raise ScratchlmError(f"--limit must be 0 (all lines) or a positive number of lines, got {cfg.limit}")
+    if cfg.limit:
+        text = "".join(text.splitlines(keepends=True)[: cfg.limit])
+        source += f" (first {cfg.limit} lines)"
     device = _device(cfg.device)
     rows = []
     for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
