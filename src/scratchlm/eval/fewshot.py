@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchlmError
-from scratchlm.eval.perplexity import autocast_for, logits_at, model_context_length, resolve_dtype
+from scratchlm.eval.perplexity import autocast_for, model_context_length, nll_at, resolve_dtype
 
 DELIMITER = " "
 """Joins a context to a choice (lm-evaluation-harness's `target_delimiter`)."""
@@ -168,10 +167,8 @@ def continuation_logprobs(
                 cont, L = requests[i][1], len(rows[i])
                 keep[b, L - len(cont) : L] = True
                 targets += cont
-            with autocast_for(device, dtype):
-                logits = logits_at(model, inputs.to(device), keep.to(device))  # (N, V), rows in (b, t) order
-            logp = F.log_softmax(logits.float(), dim=-1)
-            token_logp = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0]  # (N,)
+            with autocast_for(device, dtype):  # (N,) in (b, t) order
+                token_logp = -nll_at(model, inputs.to(device), keep.to(device), torch.tensor(targets, device=device))
             for b, chunk in enumerate(token_logp.split([len(requests[i][1]) for i in idx])):
                 out[idx[b]] = float(chunk.sum())
     finally:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchlmError
+from scratchlm.model.loss import full_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -87,16 +88,16 @@ def window_batch(ids: Sequence[int], windows: Sequence[Window]) -> tuple[torch.T
     return inputs, targets
 
 
-def logits_at(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Logits (N, V) of the positions where `keep` (B, T) is true.
+def nll_at(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL (N,) float32 of `targets` (N,) at the positions where `keep` (B, T) is true.
 
-    A `GPT` exposes `hidden_states` and `lm_head`: the output head (V x C, the largest matmul of a small model)
-    then runs only on the positions that are scored, which with stride = context/2 is half of them. Any other
-    module (a test fake, a wrapped model) goes through `forward`.
+    A `GPT` gives its final hidden states and `token_nll`: the output head (V x C, the largest matmul of a small
+    model) then runs only on the positions that are scored (half of them at stride = context/2), chunk by chunk,
+    so the logits of a batch never exist. Any other module (a test fake, a wrapped model) goes through `forward`.
     """
-    if hasattr(model, "hidden_states") and isinstance(getattr(model, "lm_head", None), nn.Module):
-        return model.lm_head(model.hidden_states(ids)[keep])  # (N, C) -> (N, V)
-    return model(ids)[keep]  # (B, T, V) -> (N, V)
+    if hasattr(model, "hidden_states") and hasattr(model, "token_nll"):
+        return model.token_nll(model.hidden_states(ids)[keep], targets)  # (N, C) -> (N,)
+    return full_cross_entropy(model(ids)[keep], targets)  # (B, T, V) -> (N, V) -> (N,)
 
 
 def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -226,8 +227,7 @@ def perplexity_of_ids(
             inputs, targets = inputs.to(device), targets.to(device)
             keep = targets != IGNORE_INDEX  # (B, T)
             with autocast_for(device, dtype):
-                logits = logits_at(model, inputs, keep)  # (N, V)
-            nll += summed_nll(logits, targets[keep]).double()
+                nll += nll_at(model, inputs, keep, targets[keep]).sum().double()
             bar.update(len(batch))
     finally:
         bar.close()

@@ -11,7 +11,8 @@ Decisions:
 - Variant choices (norm, MLP, positions, attention kernel) are made once in `__init__`.
 - All initialisation lives in `init_weights()`, because a model may be built on the meta device (checkpoint
   loading) and then filled, so `__init__` must not rely on its tensors' values.
-- `forward` returns logits only; losses belong to the training modes.
+- `forward` returns logits, or with `targets` the per-token NLL computed without materialising the logits
+  (the reductions, masks and losses built on it belong to the training modes and evaluations).
 - A `KVCache` is an argument, not a second model: `forward(ids, cache, positions)` serves training, prefill,
   incremental and batched decoding (see `kv_cache.py` for the position rule).
 """
@@ -27,6 +28,7 @@ from scratchlm.model.attention import CausalSelfAttention, Rope
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Linear, RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
+from scratchlm.model.loss import full_cross_entropy, linear_cross_entropy
 from scratchlm.model.sizing import check_fits_in_memory
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
@@ -113,10 +115,29 @@ class GPT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward(
-        self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, V). See `hidden_states` for `cache` and `positions`."""
-        return self.lm_head(self.hidden_states(ids, cache, positions))
+        """ids (B, T) -> logits (B, T, V). See `hidden_states` for `cache` and `positions`.
+
+        With `targets` (B, T) it returns their per-token NLL (B, T) instead (float32, 0 at IGNORE_INDEX = -100),
+        head and cross-entropy computed chunk by chunk, so the (B, T, V) logits never exist (`model/loss.py`).
+        A head that is not a plain linear layer (a LoRA adapter on it) takes the full-logit path.
+        """
+        h = self.hidden_states(ids, cache, positions)
+        if targets is None:
+            return self.lm_head(h)
+        return self.token_nll(h, targets)
+
+    def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token NLL of `targets` (...) from final hidden states (..., C), through the output head."""
+        head = self.lm_head
+        if type(head) in (Linear, nn.Linear):
+            return linear_cross_entropy(hidden, head.weight, targets, head.bias)
+        return full_cross_entropy(head(hidden), targets)
 
     def hidden_states(
         self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None

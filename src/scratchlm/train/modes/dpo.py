@@ -112,7 +112,8 @@ class DPOMode(FinetuneMode):
             chunk = pairs[s : s + self.ref_batch_size]
             batch = collate_preferences(chunk, self.pad_id)
             for side in ("chosen", "rejected"):
-                logps = sequence_logps(model(batch[f"{side}_ids"].to(device)), batch[f"{side}_targets"].to(device))
+                targets = batch[f"{side}_targets"].to(device)
+                logps = -model(batch[f"{side}_ids"].to(device), targets=targets).sum(-1)
                 for pair, v in zip(chunk, logps.tolist()):
                     pair[f"ref_{side}_logps"] = v
         model.train(was_training)
@@ -131,7 +132,7 @@ class DPOMode(FinetuneMode):
         B = batch["chosen_ids"].shape[0]
         ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])  # (2B, T): one forward for both sides
         targets = torch.cat([batch["chosen_targets"], batch["rejected_targets"]])  # (2B, T)
-        logps = sequence_logps(module(ids), targets)  # (2B,)
+        logps = -module(ids, targets=targets).sum(-1)  # (2B,): sum of the answers' log p (IGNORE gives 0)
         loss, r_w, r_l = dpo_loss(logps[:B], logps[B:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
                                   self.beta)
         margin = (r_w - r_l).detach()

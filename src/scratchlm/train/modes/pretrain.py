@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchlmError
@@ -110,10 +109,8 @@ class PretrainMode(Mode):
         return _EvalPass(loader)
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits = module(batch["ids"])  # (B, T, V)
-        # under bf16/fp16 autocast, cross_entropy runs in fp32 by itself; no (B*T, V) fp32 copy is made here
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
-        return loss, {}
+        # per-token NLL (B, T), the head and the cross-entropy fused chunk by chunk: no (B, T, V) logits
+        return module(batch["ids"], targets=batch["targets"]).mean(), {}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"data": {"shards": str(self.shard_dir), "context_length": self._context_length}}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.data.finetune import (
@@ -42,9 +41,9 @@ def prepare_chat_model(model: GPT, tokenizer: Any, template: ChatTemplate) -> No
     resize_vocab(model, tokenizer.vocab_size)
 
 
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over targets that are not IGNORE. logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+def masked_mean(nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-token NLL (B, T) over targets that are not IGNORE (as `F.cross_entropy(ignore_index=)`)."""
+    return nll.sum() / (targets != IGNORE).sum()
 
 
 def split_val(examples: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -114,8 +113,8 @@ class SFTMode(FinetuneMode):
         return fixed_batches(self.val_examples, micro_batch_size, self._collate) if self.val_examples else None
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits = module(batch["ids"], positions=batch.get("positions"))  # (B, T, V); packed rows pass positions
-        return token_loss(logits, batch["targets"]), {}
+        targets = batch["targets"]  # packed rows pass positions; the NLL is (B, T), 0 at IGNORE (the prompt)
+        return masked_mean(module(batch["ids"], positions=batch.get("positions"), targets=targets), targets), {}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "chat_template": self.template.to_dict()}

@@ -1,0 +1,125 @@
+"""The output head and cross-entropy computed together, chunk by chunk: the (tokens x vocab) logits never exist.
+
+At GPT-2's vocabulary the logits of one micro-batch are the largest tensor of a small model's step (12 x 256 x
+50,257 fp32 = 617 MB, and as much again for their gradient). `linear_cross_entropy(h, W, targets)` instead walks
+the tokens in chunks:
+
+    forward   per chunk: logits = h_c W^T (+ b); keep lse = logsumexp(logits) and nll = lse - logits[target]
+    backward  per chunk: recompute logits; dlogits = (softmax - onehot(target)) * grad_nll
+              grad_h_c = dlogits W,   grad_W += dlogits^T h_c,   grad_b += sum(dlogits)
+
+so the memory is one chunk's logits (about 64 MB at GPT-2's vocabulary) whatever the batch, for one more head
+GEMM in backward (the idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, Wijmans et al. 2024).
+It returns the per-token NLL (0 at `ignore_index` targets), so every mode takes its own reduction: a mean
+(pretraining), a masked mean (SFT), sums per row (DPO, perplexity, multiple choice).
+
+Precision: the products run in the compute dtype (autocast's, else the inputs'), the softmax in float32, as
+`F.cross_entropy(F.linear(h, W, b).float(), ...)` does; the weight's gradient is accumulated in float32.
+The full-logit path (`GPT.forward` without targets, then `F.cross_entropy`) stays the reference in the tests.
+This module knows nothing of models or training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from scratchlm.model import onednn
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 16M floats (64 MB); ~333 tokens at GPT-2's vocabulary
+
+
+def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk: as many as keep one chunk's logits at `chunk_elements` (at least 16)."""
+    return max(16, chunk_elements // max(vocab_size, 1))
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Per-token NLL (float32, shape of `targets`) of `targets` under logits `hidden @ weight.T + bias`.
+
+    hidden (..., C), weight (V, C), targets (...) of token ids; `ignore_index` targets give 0 and no gradient.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} do not match")
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    n = chunk or chunk_tokens(weight.shape[0])
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_t = targets.reshape(-1)
+    nll = _LinearCrossEntropy.apply(flat_h, weight, bias, flat_t, ignore_index, n, dtype)
+    return nll.view(targets.shape)
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """One chunk's logits (n, V) in float32, from products in `dtype` (as autocast would run the head)."""
+    b = bias.to(dtype) if bias is not None else None
+    return onednn.linear(h.to(dtype), weight.to(dtype), b).float()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                ignore_index: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        N = h.shape[0]
+        nll = torch.zeros(N, dtype=torch.float32, device=h.device)
+        lse = torch.zeros(N, dtype=torch.float32, device=h.device)
+        valid = targets != ignore_index
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, N, chunk):
+                logits = _logits(h[s : s + chunk], weight, bias, dtype)  # (n, V)
+                t = targets[s : s + chunk]
+                lse_c = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+                lse[s : s + chunk] = lse_c
+                nll[s : s + chunk] = torch.where(valid[s : s + chunk], lse_c - picked, 0.0)
+        ctx.save_for_backward(h, weight, bias, targets, lse)
+        ctx.chunk, ctx.dtype, ctx.ignore_index = chunk, dtype, ignore_index
+        return nll
+
+    @staticmethod
+    def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight, bias, targets, lse = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        scale = torch.where(targets != ctx.ignore_index, grad_nll.float(), 0.0)  # (N,)
+        w = weight.to(dtype)
+        with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+            for s in range(0, h.shape[0], chunk):
+                h_c = h[s : s + chunk]
+                g = _logits(h_c, weight, bias, dtype)  # recomputed: (n, V)
+                g.sub_(lse[s : s + chunk, None]).exp_()  # softmax
+                rows = torch.arange(g.shape[0], device=g.device)
+                g[rows, targets[s : s + chunk].clamp(min=0)] -= 1.0
+                g.mul_(scale[s : s + chunk, None])  # d nll / d logits, 0 on ignored rows
+                if need_b:
+                    grad_b += g.sum(0)
+                g = g.to(dtype)
+                if need_h:
+                    grad_h[s : s + chunk] = onednn.linear(g, w.t()).to(h.dtype)  # (n, V) @ (V, C)
+                if need_w:
+                    grad_w += onednn.linear(g.t(), h_c.to(dtype).t()).float()  # (V, n) @ (n, C)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None,
+            None, None, None, None,
+        )
+
+
+def full_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The reference: per-token NLL from materialised logits (..., V), in float32, 0 at ignored targets."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1), ignore_index=ignore_index,
+                           reduction="none").view(targets.shape)
