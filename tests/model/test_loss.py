@@ -65,7 +65,7 @@ def test_under_bf16_autocast_it_matches_autocast_full_logits() -> None:
 
 
 def test_chunk_size_keeps_the_logits_small() -> None:
-    assert chunk_tokens(50257) * 50257 <= 1 << 24 and chunk_tokens(50257) >= 300
+    assert chunk_tokens(50257) * 50257 * 4 <= 32 * 2**20 and chunk_tokens(50257) >= 128
     assert chunk_tokens(10**9) == 16
 
 

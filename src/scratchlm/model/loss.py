@@ -8,7 +8,7 @@ the tokens in chunks:
     backward  per chunk: recompute logits; dlogits = (softmax - onehot(target)) * grad_nll
               grad_h_c = dlogits W,   grad_W += dlogits^T h_c,   grad_b += sum(dlogits)
 
-so the memory is one chunk's logits (about 64 MB at GPT-2's vocabulary) whatever the batch, for one more head
+so the memory is one chunk's logits (32 MB at GPT-2's vocabulary) whatever the batch, for one more head
 GEMM in backward (the idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, Wijmans et al. 2024).
 It returns the per-token NLL (0 at `ignore_index` targets), so every mode takes its own reduction: a mean
 (pretraining), a masked mean (SFT), sums per row (DPO, perplexity, multiple choice).
@@ -26,10 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scratchlm.model import onednn
-
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 16M floats (64 MB); ~333 tokens at GPT-2's vocabulary
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 8M floats, 32 MB (166 tokens at GPT-2's vocabulary)
+# Measured on the 2-core CPU (benchmarks/train_step.py): larger buffers exceed glibc's largest mmap threshold
+# (32 MB), so each allocation is fresh pages and the step spends its time in page faults; smaller ones make
+# thin GEMMs. 96-166 tokens per chunk ran fastest at GPT-2's vocabulary.
 
 
 def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
@@ -60,26 +61,41 @@ def linear_cross_entropy(
     return nll.view(targets.shape)
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """One chunk's logits (n, V) in float32, from products in `dtype` (as autocast would run the head)."""
-    b = bias.to(dtype) if bias is not None else None
-    return onednn.linear(h.to(dtype), weight.to(dtype), b).float()
+def _logits_into(buf: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One chunk's logits (n, V) in float32, written into `buf` (the same memory for every chunk: no allocation,
+    no page faults). `h` and `w` are already in the compute dtype; a bf16 product is rounded as autocast's is."""
+    out = buf[: h.shape[0]]
+    if h.dtype == torch.float32:
+        torch.mm(h, w.t(), out=out)
+    else:
+        out.copy_(torch.mm(h, w.t()))
+    if bias is not None:
+        out.add_(bias.to(h.dtype).float() if h.dtype != torch.float32 else bias)
+    return out
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward keeps only lse (N,); backward recomputes each chunk's logits and turns them into the gradient in
+    place. Products through `torch.mm` / `addmm_` (BLAS handles the transposes without copies; grad_W accumulates
+    in place), the softmax as in-place passes over one reused buffer."""
+
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 ignore_index: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
-        N = h.shape[0]
+        N, V = h.shape[0], weight.shape[0]
         nll = torch.zeros(N, dtype=torch.float32, device=h.device)
         lse = torch.zeros(N, dtype=torch.float32, device=h.device)
         valid = targets != ignore_index
+        safe = targets.clamp(min=0)
+        w = weight.to(dtype)
+        buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, N, chunk):
-                logits = _logits(h[s : s + chunk], weight, bias, dtype)  # (n, V)
-                t = targets[s : s + chunk]
-                lse_c = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+                logits = _logits_into(buf, h[s : s + chunk].to(dtype), w, bias)  # (n, V)
+                picked = logits.gather(1, safe[s : s + chunk, None])[:, 0]
+                top = logits.amax(dim=1)
+                logits.sub_(top[:, None]).exp_()  # the logits are not needed again: the buffer is reused
+                lse_c = top + logits.sum(dim=1).log()
                 lse[s : s + chunk] = lse_c
                 nll[s : s + chunk] = torch.where(valid[s : s + chunk], lse_c - picked, 0.0)
         ctx.save_for_backward(h, weight, bias, targets, lse)
@@ -91,28 +107,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, weight, bias, targets, lse = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(h) if need_h else None
+        N, V = h.shape[0], weight.shape[0]
+        grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if need_b else None
         scale = torch.where(targets != ctx.ignore_index, grad_nll.float(), 0.0)  # (N,)
+        safe = targets.clamp(min=0)
         w = weight.to(dtype)
+        buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
         with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
-            for s in range(0, h.shape[0], chunk):
-                h_c = h[s : s + chunk]
-                g = _logits(h_c, weight, bias, dtype)  # recomputed: (n, V)
+            for s in range(0, N, chunk):
+                h_c = h[s : s + chunk].to(dtype)
+                g = _logits_into(buf, h_c, w, bias)  # recomputed: (n, V)
                 g.sub_(lse[s : s + chunk, None]).exp_()  # softmax
                 rows = torch.arange(g.shape[0], device=g.device)
-                g[rows, targets[s : s + chunk].clamp(min=0)] -= 1.0
+                g[rows, safe[s : s + chunk]] -= 1.0
                 g.mul_(scale[s : s + chunk, None])  # d nll / d logits, 0 on ignored rows
                 if need_b:
                     grad_b += g.sum(0)
-                g = g.to(dtype)
+                g = g if dtype == torch.float32 else g.to(dtype)
                 if need_h:
-                    grad_h[s : s + chunk] = onednn.linear(g, w.t()).to(h.dtype)  # (n, V) @ (V, C)
+                    torch.mm(g, w, out=grad_h[s : s + chunk])  # (n, V) @ (V, C)
                 if need_w:
-                    grad_w += onednn.linear(g.t(), h_c.to(dtype).t()).float()  # (V, n) @ (n, C)
+                    if dtype == torch.float32:
+                        grad_w.addmm_(g.t(), h_c)  # (V, n) @ (n, C), accumulated in place
+                    else:
+                        grad_w += torch.mm(g.t(), h_c).float()
         return (
-            grad_h,
+            grad_h.to(h.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
             grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None,
             None, None, None, None,
