@@ -73,8 +73,8 @@ def train_flops_per_token(config: ModelConfig, context: int) -> int:
 
 
 def activation_elements_per_token(config: ModelConfig, context: int, attn_impl: str = "sdpa") -> dict[str, int]:
-    """Elements saved for backward per token: {"layer": one block, "head": final norm + logits, "input": one
-    block's input}. Dropout 0 (dropout adds a mask per dropout)."""
+    """Elements saved for backward per token: {"layer": one block, "head": final norm + the loss's
+    logsumexp, "input": one block's input}. Dropout 0 (dropout adds a mask per dropout)."""
     C, F, H, KV = config.d_model, config.d_ff, config.n_head, config.kv_dim
     assert F is not None
     # LayerNorm keeps its input and output (+ mean and rstd); our RMSNorm also keeps the normalised x before
@@ -91,7 +91,8 @@ def activation_elements_per_token(config: ModelConfig, context: int, attn_impl: 
     mlp = 4 * F if config.mlp == "swiglu" else 2 * F
     layer = 2 * norm + attn + mlp
     rope = config.head_dim if config.positions == "rope" else 0  # cos and sin, shared by all layers
-    head = norm + config.vocab_size + rope  # final norm, log-softmax of the logits (cross-entropy)
+    # final norm and the chunked loss's logsumexp per token (model/loss.py): the logits themselves are never kept
+    head = norm + 1 + rope
     return {"layer": layer, "head": head, "input": C}
 
 
