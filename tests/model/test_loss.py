@@ -155,3 +155,23 @@ def test_perplexity_and_mc_scores_equal_the_full_logit_reference() -> None:
         by_hand = -F.log_softmax(model(ids)[keep], -1).gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got, by_hand, rtol=1e-6, atol=1e-6)
+
+
+def test_under_autocast_rope_keeps_q_and_k_in_the_compute_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 RoPE tables would promote bf16 q/k to fp32 before attention (no flash kernel for mixed dtypes)."""
+    import scratchlm.model.attention as attention
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("llama-tiny", n_layer=1, context_length=32))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = model(ids, targets=ids)
+    assert seen == [(torch.bfloat16,) * 3] and nll.dtype == torch.float32

@@ -169,7 +169,11 @@ class GPT(nn.Module):
         # inv_freq is a few dozen numbers: computed per forward, so there is no buffer to materialise after a
         # meta-device build and nothing positional to store in a checkpoint.
         inv_freq = rope_inv_freq(self.config, device=ids.device)
-        return x, rope_cos_sin(inv_freq, positions, x.dtype)
+        # the tables in the compute dtype: under autocast q and k are bf16/fp16, and fp32 tables would promote
+        # them back to fp32 (twice the memory, and SDPA then gets mixed dtypes, which rules out flash attention)
+        kind = ids.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        return x, rope_cos_sin(inv_freq, positions, dtype)
 
     # ---- sizes ----------------------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

@@ -240,7 +240,11 @@ def gradient_accumulation(cfg: TrainConfig, context_length: int, world_size: int
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """The batch on the training device. To a GPU from pinned host memory, so the copy is asynchronous (from
+    pageable memory `non_blocking` has no effect: the host waits for the copy)."""
+    pin = device.type == "cuda"
+    return {k: ((v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=True)
+                if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _scalar(x: Any) -> float:
@@ -265,6 +269,11 @@ class Trainer:
         self.device = self.info.device
         self.main = self.info.is_main
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            # fp32 matmuls (and the fp32 parts of mixed precision) on tensor cores as TF32, as nanoGPT and
+            # torchtitan train; CPUs ignore the setting
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.out = Path(cfg.out)
 
         self.resume_from = resolve_resume(cfg)
