@@ -346,3 +346,17 @@ def test_closing_hint_prompts_with_the_runs_own_data(
         stdout.splitlines()[-1] == f"continue it: scratchlm generate --checkpoint {out} --prompt '{expected}'"
     )
     assert "ROMEO" not in stdout
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_the_onednn_config_switch_turns_the_path_off_and_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           value: bool) -> None:
+    from scratchlm.model import onednn
+
+    for name in ("_switch", "_works", "_fast"):  # the switch is process-wide: restored after the test
+        monkeypatch.setattr(onednn, name, getattr(onednn, name))
+    onednn.set_enabled(not value)
+    cfg = TrainConfig(out=tmp_path / "run", max_steps=1, micro_batch_size=2, warmup_steps=0, eval_every=0,
+                      save_every=0, progress=False, spike_window=0, device="cpu", onednn=value)
+    train(cfg, tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
+    assert onednn.is_enabled() is (value and onednn.AVAILABLE)

@@ -74,6 +74,9 @@ class TrainConfig:
     """torch.compile the model (worth it on GPUs; off by default because compiling costs minutes on CPU)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
+    onednn: bool | None = None
+    """CPU fp32 linear layers through oneDNN's GEMMs (true) or `F.linear` (false); unset: $SCRATCHLM_ONEDNN
+    decides (default on). Process-wide; see docs/model.md, Speed."""
 
     # ---- evaluation, checkpoints, progress
     eval_every: int = 250

@@ -40,6 +40,7 @@ from torch import nn
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.fs import atomic_write_text, ensure_writable_dir
+from scratchlm.model import onednn
 from scratchlm.train import distributed as D
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.guard import OK, ROLLBACK, SpikeGuard
@@ -269,6 +270,8 @@ class Trainer:
         self.device = self.info.device
         self.main = self.info.is_main
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.onednn is not None:
+            onednn.set_enabled(cfg.onednn)
         if self.device.type == "cuda":
             # fp32 matmuls (and the fp32 parts of mixed precision) on tensor cores as TF32, as nanoGPT and
             # torchtitan train; CPUs ignore the setting
