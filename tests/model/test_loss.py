@@ -67,6 +67,7 @@ def test_under_bf16_autocast_it_matches_autocast_full_logits() -> None:
 def test_chunk_size_keeps_the_logits_small() -> None:
     assert chunk_tokens(50257) * 50257 * 4 <= 32 * 2**20 and chunk_tokens(50257) >= 128
     assert chunk_tokens(10**9) == 16
+    assert chunk_tokens(50304, device_type="cuda") * 4 >= 16 * 1024  # the gpt2 recipe's micro-batch in 4 chunks
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -31,10 +31,15 @@ CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 8M floats, 32 MB (166 tokens at GP
 # Measured on the 2-core CPU (benchmarks/train_step.py): larger buffers exceed glibc's largest mmap threshold
 # (32 MB), so each allocation is fresh pages and the step spends its time in page faults; smaller ones make
 # thin GEMMs. 96-166 tokens per chunk ran fastest at GPT-2's vocabulary.
+GPU_CHUNK_ELEMENTS = 1 << 28  # 1 GB of fp32 logits: a GPU's caching allocator reuses it; few, large chunks keep
+# the GEMMs wide and the graph `torch.compile` unrolls short (16 x 1024 tokens of GPT-2 in 4 chunks)
 
 
-def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
-    """Tokens per chunk: as many as keep one chunk's logits at `chunk_elements` (at least 16)."""
+def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS, device_type: str = "cpu") -> int:
+    """Tokens per chunk: as many as keep one chunk's logits at `chunk_elements` (at least 16); on an
+    accelerator the larger GPU_CHUNK_ELEMENTS."""
+    if device_type != "cpu":
+        chunk_elements = max(chunk_elements, GPU_CHUNK_ELEMENTS)
     return max(16, chunk_elements // max(vocab_size, 1))
 
 
@@ -54,7 +59,7 @@ def linear_cross_entropy(
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} do not match")
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    n = chunk or chunk_tokens(weight.shape[0])
+    n = chunk or chunk_tokens(weight.shape[0], device_type=device_type)
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
     nll = _LinearCrossEntropy.apply(flat_h, weight, bias, flat_t, ignore_index, n, dtype)
