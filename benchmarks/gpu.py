@@ -8,7 +8,7 @@ Sections (each one's failure is recorded and the run goes on; the exit status is
 
 1. train_step: one optimizer step (forward, loss, backward, clip, AdamW) of the `gpt2` shape (vocab 50,304,
    micro-batch 16 x 1024, bf16 autocast, torch.compile): scratchlm's GPT with its chunked head + cross-entropy
-   (`model(x, targets=y).mean()`) against `transformers`' GPT2LMHeadModel (SDPA, `F.cross_entropy` on logits).
+   (`model(x, targets=y, reduction="mean")`) against `transformers`' GPT2LMHeadModel (SDPA, `F.cross_entropy` on logits).
    Median s/step, tokens/s, TFLOP/s and MFU (6N + 12LCT FLOPs per token against the device's listed peak),
    peak memory (`torch.cuda.max_memory_allocated` over the timed steps), and the warm-up (compile) time.
 2. decode: greedy decode tokens/s at batch 1 and 64, scratchlm's KV-cache engine (`generate_ids`) against
@@ -437,7 +437,7 @@ def section_curve(s: Settings, device: torch.device, cfg: ModelConfig, seconds: 
         for group in opt.param_groups:  # linear warm-up, then constant: the run's length is a time, not steps
             group["lr"] = s.curve_lr * min(1.0, i / s.curve_warmup_steps)
         with autocast_for(device, s.precision):
-            loss = fwd(w[:, :-1], targets=w[:, 1:]).mean()
+            loss = fwd(w[:, :-1], targets=w[:, 1:], reduction="mean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -56,7 +56,7 @@ def make_step(model: torch.nn.Module, kind: str, x: torch.Tensor, y: torch.Tenso
     def step() -> float:
         with autocast:
             if kind == "chunked":
-                loss = fwd(x, targets=y).mean()
+                loss = fwd(x, targets=y, reduction="mean")
             else:
                 logits = fwd(x).logits if kind == "hf" else fwd(x)
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())

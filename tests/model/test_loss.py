@@ -25,12 +25,15 @@ def _problem(bias: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return h, w, b, t
 
 
+@pytest.mark.parametrize("upstream_kind", ["per-token", "mean"])  # DPO-like weights recompute; a mean does not
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 16, 37, 1000])
-def test_equals_the_full_logit_path_in_fp32(bias: bool, chunk: int) -> None:
+def test_equals_the_full_logit_path_in_fp32(bias: bool, chunk: int, upstream_kind: str) -> None:
     h, w, b, t = _problem(bias)
     params = [h, w] + ([b] if bias else [])
     upstream = torch.randn(t.shape, generator=torch.Generator().manual_seed(1))  # any reduction's gradient
+    if upstream_kind == "mean":
+        upstream = torch.full(t.shape, 1 / (t != IGNORE).sum().item())
     got = linear_cross_entropy(h, w, t, b, chunk=chunk)
     want = full_cross_entropy(F.linear(h, w, b), t)
     assert got.dtype == torch.float32 and got.shape == t.shape
@@ -43,11 +46,17 @@ def test_equals_the_full_logit_path_in_fp32(bias: bool, chunk: int) -> None:
     assert g_got[0][0, :9].abs().max() == 0  # no gradient reaches an ignored position
 
 
-def test_mean_loss_matches_cross_entropy_with_ignore_index() -> None:
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk", [16, 1000])
+def test_scalar_reductions_match_cross_entropy_and_its_gradients(reduction: str, chunk: int) -> None:
+    """A scalar loss takes the gradient-in-forward path: the same values and gradients as F.cross_entropy."""
     h, w, b, t = _problem(bias=True)
-    nll = linear_cross_entropy(h, w, t, b, chunk=50)
-    ref = F.cross_entropy(F.linear(h, w, b).flatten(0, 1), t.flatten(), ignore_index=IGNORE)
-    assert (nll.sum() / (t != IGNORE).sum()).item() == pytest.approx(ref.item(), rel=1e-6)
+    got = linear_cross_entropy(h, w, t, b, chunk=chunk, reduction=reduction)
+    ref = F.cross_entropy(F.linear(h, w, b).flatten(0, 1), t.flatten(), ignore_index=IGNORE, reduction=reduction)
+    assert got.shape == () and got.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, r in zip(torch.autograd.grad(3.0 * got, [h, w, b]), torch.autograd.grad(3.0 * ref, [h, w, b]), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full_cross_entropy(F.linear(h, w, b), t, reduction=reduction), ref)
 
 
 def test_under_bf16_autocast_it_matches_autocast_full_logits() -> None:
@@ -176,3 +185,22 @@ def test_under_autocast_rope_keeps_q_and_k_in_the_compute_dtype(monkeypatch: pyt
     with torch.autocast("cpu", dtype=torch.bfloat16):
         nll = model(ids, targets=ids)
     assert seen == [(torch.bfloat16,) * 3] and nll.dtype == torch.float32
+
+
+def test_all_targets_ignored_gives_zero_loss_and_zero_gradients() -> None:
+    h, w, b, t = _problem(bias=True)
+    t[:] = IGNORE
+    nll = linear_cross_entropy(h, w, t, b, chunk=50)
+    assert (nll == 0).all()
+    grads = torch.autograd.grad(nll.sum(), [h, w, b])
+    assert all((g == 0).all() for g in grads)
+    mean = linear_cross_entropy(h, w, t, b, chunk=50, reduction="mean")  # 0, not F.cross_entropy's nan
+    assert mean.item() == 0 and all((g == 0).all() for g in torch.autograd.grad(mean, [h, w, b]))
+
+
+def test_no_grad_scoring_matches_and_keeps_no_gradient_buffers() -> None:
+    h, w, b, t = _problem(bias=True)
+    with torch.no_grad():
+        got = linear_cross_entropy(h, w, t, b, chunk=50)
+    torch.testing.assert_close(got, full_cross_entropy(F.linear(h, w, b), t).detach(), rtol=1e-6, atol=1e-6)
+    assert got.grad_fn is None

@@ -87,7 +87,7 @@ def _saved_activation_bytes(model: GPT, B: int, T: int, checkpointed: bool = Fal
 
     ids, targets = torch.randint(0, model.config.vocab_size, (2, B, T))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, targets=targets).mean()  # the training modes' path: the chunked loss
+        model(ids, targets=targets, reduction="mean")  # the training modes' path: the chunked loss
     return sum(seen.values())
 
 

@@ -120,24 +120,26 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        reduction: str = "none",
     ) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V). See `hidden_states` for `cache` and `positions`.
 
-        With `targets` (B, T) it returns their per-token NLL (B, T) instead (float32, 0 at IGNORE_INDEX = -100),
-        head and cross-entropy computed chunk by chunk, so the (B, T, V) logits never exist (`model/loss.py`).
-        A head that is not a plain linear layer (a LoRA adapter on it) takes the full-logit path.
+        With `targets` (B, T) it returns their NLL instead (float32; IGNORE_INDEX = -100 targets count 0): per
+        token (B, T), or with `reduction` "sum" / "mean" (over the valid targets) one number, which trains
+        faster. Head and cross-entropy run chunk by chunk, so the (B, T, V) logits never exist
+        (`model/loss.py`). A head that is not a plain linear layer (a LoRA adapter on it) takes the full logits.
         """
         h = self.hidden_states(ids, cache, positions)
         if targets is None:
             return self.lm_head(h)
-        return self.token_nll(h, targets)
+        return self.token_nll(h, targets, reduction)
 
-    def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token NLL of `targets` (...) from final hidden states (..., C), through the output head."""
+    def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        """NLL of `targets` (...) from final hidden states (..., C), through the output head."""
         head = self.lm_head
         if type(head) in (Linear, nn.Linear):
-            return linear_cross_entropy(hidden, head.weight, targets, head.bias)
-        return full_cross_entropy(head(hidden), targets)
+            return linear_cross_entropy(hidden, head.weight, targets, head.bias, reduction=reduction)
+        return full_cross_entropy(head(hidden), targets, reduction=reduction)
 
     def hidden_states(
         self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None

@@ -50,11 +50,16 @@ def linear_cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
     chunk: int | None = None,
+    reduction: str = "none",
 ) -> torch.Tensor:
-    """Per-token NLL (float32, shape of `targets`) of `targets` under logits `hidden @ weight.T + bias`.
+    """NLL (float32) of `targets` under logits `hidden @ weight.T + bias`: per token (`reduction="none"`, the
+    shape of `targets`), or their "sum" or "mean" over the valid targets (a scalar, as `F.cross_entropy`).
 
     hidden (..., C), weight (V, C), targets (...) of token ids; `ignore_index` targets give 0 and no gradient.
+    A scalar reduction is also faster to train through: its gradient is computed in the forward pass.
     """
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"reduction must be none, sum or mean, got {reduction!r}")
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} do not match")
     device_type = hidden.device.type
@@ -62,8 +67,11 @@ def linear_cross_entropy(
     n = chunk or chunk_tokens(weight.shape[0], device_type=device_type)
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
-    nll = _LinearCrossEntropy.apply(flat_h, weight, bias, flat_t, ignore_index, n, dtype)
-    return nll.view(targets.shape)
+    tracked = hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    # a scalar loss and a backward to follow: the gradient for a unit upstream gradient is made in forward
+    precompute = reduction != "none" and torch.is_grad_enabled() and tracked
+    nll = _LinearCrossEntropy.apply(flat_h, weight, bias, flat_t, ignore_index, n, dtype, precompute, reduction)
+    return nll.view(targets.shape) if reduction == "none" else nll
 
 
 def _logits_into(buf: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -79,74 +87,132 @@ def _logits_into(buf: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias: torc
     return out
 
 
+def _dlogits(g: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """In place: a chunk's logits (n, V) -> d nll / d logits = (softmax - onehot(target)) * scale (n,)."""
+    g.sub_(lse[:, None]).exp_()  # softmax
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0
+    return g.mul_(scale[:, None])
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Forward keeps only lse (N,); backward recomputes each chunk's logits and turns them into the gradient in
-    place. Products through `torch.mm` / `addmm_` (BLAS handles the transposes without copies; grad_W accumulates
-    in place), the softmax as in-place passes over one reused buffer."""
+    """Products through `torch.mm` / `addmm_` (BLAS takes the transposes without copies; grad_W accumulates in
+    place), the softmax as in-place passes over one reused buffer.
+
+    Per-token output: backward recomputes each chunk's logits (four head GEMMs per step). A scalar output (sum
+    or mean): its upstream gradient is one number, so forward already turns each chunk into the gradient for a
+    unit upstream gradient (grad_h rows, grad_W, grad_b), as Liger's fused linear cross-entropy does, and
+    backward only multiplies: three head GEMMs per step, no recomputation, no data-dependent branch."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                ignore_index: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+                ignore_index: int, chunk: int, dtype: torch.dtype, precompute: bool, reduction: str) -> torch.Tensor:
         N, V = h.shape[0], weight.shape[0]
         nll = torch.zeros(N, dtype=torch.float32, device=h.device)
         lse = torch.zeros(N, dtype=torch.float32, device=h.device)
         valid = targets != ignore_index
         safe = targets.clamp(min=0)
+        unit = valid.float()  # the unit upstream gradient: 1 on valid tokens, 0 on ignored ones
         w = weight.to(dtype)
         buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
+        if precompute:
+            grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+            grad_b = torch.zeros(V, dtype=torch.float32, device=h.device) if bias is not None else None
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, N, chunk):
-                logits = _logits_into(buf, h[s : s + chunk].to(dtype), w, bias)  # (n, V)
+                h_c = h[s : s + chunk].to(dtype)
+                logits = _logits_into(buf, h_c, w, bias)  # (n, V)
                 picked = logits.gather(1, safe[s : s + chunk, None])[:, 0]
                 top = logits.amax(dim=1)
-                logits.sub_(top[:, None]).exp_()  # the logits are not needed again: the buffer is reused
-                lse_c = top + logits.sum(dim=1).log()
+                total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # in place: no temporaries of its size
+                lse_c = top + total.log()
                 lse[s : s + chunk] = lse_c
                 nll[s : s + chunk] = torch.where(valid[s : s + chunk], lse_c - picked, 0.0)
-        ctx.save_for_backward(h, weight, bias, targets, lse)
-        ctx.chunk, ctx.dtype, ctx.ignore_index = chunk, dtype, ignore_index
-        return nll
+                if precompute:  # the buffer holds exp(logits - top): softmax - onehot, 0 on ignored rows
+                    g = logits.div_(total[:, None])
+                    g[torch.arange(g.shape[0], device=g.device), safe[s : s + chunk]] -= 1.0
+                    g.mul_(unit[s : s + chunk, None])
+                    if grad_b is not None:
+                        grad_b += g.sum(0)
+                    g = g if dtype == torch.float32 else g.to(dtype)
+                    torch.mm(g, w, out=grad_h[s : s + chunk])  # (n, V) @ (V, C)
+                    _accumulate(grad_w, g, h_c)
+        if precompute:
+            ctx.save_for_backward(h, weight, bias, targets, lse, grad_h, grad_w, grad_b)
+        else:
+            ctx.save_for_backward(h, weight, bias, targets, lse)
+        ctx.chunk, ctx.dtype, ctx.ignore_index, ctx.precompute = chunk, dtype, ignore_index, precompute
+        ctx.reduction = reduction
+        # mean: over the valid targets, as F.cross_entropy (an all-ignored batch gives 0 here, not nan)
+        ctx.denominator = valid.sum().clamp(min=1) if reduction == "mean" else None
+        if reduction == "none":
+            return nll
+        total = nll.sum()
+        return total / ctx.denominator if reduction == "mean" else total
 
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, weight, bias, targets, lse = ctx.saved_tensors
+        h, weight, bias, targets, lse, *pre = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        N, V = h.shape[0], weight.shape[0]
-        grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if need_b else None
-        scale = torch.where(targets != ctx.ignore_index, grad_nll.float(), 0.0)  # (N,)
-        safe = targets.clamp(min=0)
-        w = weight.to(dtype)
-        buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
-        with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
-            for s in range(0, N, chunk):
-                h_c = h[s : s + chunk].to(dtype)
-                g = _logits_into(buf, h_c, w, bias)  # recomputed: (n, V)
-                g.sub_(lse[s : s + chunk, None]).exp_()  # softmax
-                rows = torch.arange(g.shape[0], device=g.device)
-                g[rows, safe[s : s + chunk]] -= 1.0
-                g.mul_(scale[s : s + chunk, None])  # d nll / d logits, 0 on ignored rows
-                if need_b:
-                    grad_b += g.sum(0)
-                g = g if dtype == torch.float32 else g.to(dtype)
-                if need_h:
-                    torch.mm(g, w, out=grad_h[s : s + chunk])  # (n, V) @ (V, C)
-                if need_w:
-                    if dtype == torch.float32:
-                        grad_w.addmm_(g.t(), h_c)  # (V, n) @ (n, C), accumulated in place
-                    else:
-                        grad_w += torch.mm(g.t(), h_c).float()
+        valid = targets != ctx.ignore_index
+        grad_h = grad_w = grad_b = None
+        upstream = grad_nll.float()
+        if ctx.reduction != "none":  # one number for every token
+            upstream = upstream / ctx.denominator if ctx.reduction == "mean" else upstream
+            if ctx.precompute:
+                unit_h, unit_w, unit_b = pre
+                grad_h = unit_h * upstream.to(unit_h.dtype) if need_h else None
+                grad_w = unit_w * upstream if need_w else None
+                grad_b = unit_b * upstream if need_b and unit_b is not None else None
+                need_h = need_w = need_b = False
+            upstream = upstream.expand(targets.shape)
+        scale = torch.where(valid, upstream, 0.0)  # (N,)
+        if need_h or need_w or need_b:
+            N, V = h.shape[0], weight.shape[0]
+            safe = targets.clamp(min=0)
+            w = weight.to(dtype)
+            buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
+            if need_h:
+                grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
+            if need_w:
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if need_b:
+                grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device)
+            with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+                for s in range(0, N, chunk):
+                    h_c = h[s : s + chunk].to(dtype)
+                    g = _logits_into(buf, h_c, w, bias)  # recomputed: (n, V)
+                    g = _dlogits(g, lse[s : s + chunk], safe[s : s + chunk], scale[s : s + chunk])
+                    if need_b:
+                        grad_b += g.sum(0)
+                    g = g if dtype == torch.float32 else g.to(dtype)
+                    if need_h:
+                        torch.mm(g, w, out=grad_h[s : s + chunk])  # (n, V) @ (V, C)
+                    if need_w:
+                        _accumulate(grad_w, g, h_c)
         return (
             grad_h.to(h.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
             grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None,
-            None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
-def full_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """The reference: per-token NLL from materialised logits (..., V), in float32, 0 at ignored targets."""
-    return F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1), ignore_index=ignore_index,
-                           reduction="none").view(targets.shape)
+def _accumulate(grad_w: torch.Tensor, g: torch.Tensor, h_c: torch.Tensor) -> None:
+    """grad_w (V, C) fp32 += g^T (V, n) @ h_c (n, C)."""
+    if g.dtype == torch.float32:
+        grad_w.addmm_(g.t(), h_c)  # accumulated in place
+    else:
+        grad_w += torch.mm(g.t(), h_c).float()
+
+
+def full_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                       reduction: str = "none") -> torch.Tensor:
+    """The reference: NLL from materialised logits (..., V) in float32, 0 at ignored targets; reductions as
+    `linear_cross_entropy`'s."""
+    nll = F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1), ignore_index=ignore_index,
+                          reduction="none").view(targets.shape)
+    if reduction == "none":
+        return nll
+    return nll.sum() / ((targets != ignore_index).sum().clamp(min=1) if reduction == "mean" else 1)

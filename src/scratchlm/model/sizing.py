@@ -91,8 +91,9 @@ def activation_elements_per_token(config: ModelConfig, context: int, attn_impl: 
     mlp = 4 * F if config.mlp == "swiglu" else 2 * F
     layer = 2 * norm + attn + mlp
     rope = config.head_dim if config.positions == "rope" else 0  # cos and sin, shared by all layers
-    # final norm and the chunked loss's logsumexp per token (model/loss.py): the logits themselves are never kept
-    head = norm + 1 + rope
+    # final norm, and of the chunked loss (model/loss.py) its logsumexp and the gradient of the hidden state it
+    # makes in forward (C) per token: the logits themselves are never kept
+    head = norm + 1 + C + rope
     return {"layer": layer, "head": head, "input": C}
 
 
@@ -134,8 +135,9 @@ def size(config: ModelConfig, batch: int = 1, context: int | None = None, precis
     params = param_counts(config)
     acts = activation_elements_per_token(config, context, config.attn_impl)
     tokens = batch * context
-    full = tokens * (config.n_layer * acts["layer"] + acts["head"]) * act_bytes
-    ckpt = tokens * (config.n_layer * acts["input"] + acts["layer"] + acts["head"]) * act_bytes
+    loss_grad = 4 * config.vocab_size * config.d_model  # the head's fp32 gradient, made by the loss in forward
+    full = tokens * (config.n_layer * acts["layer"] + acts["head"]) * act_bytes + loss_grad
+    ckpt = tokens * (config.n_layer * acts["input"] + acts["layer"] + acts["head"]) * act_bytes + loss_grad
     return Sizing(
         config=config,
         batch=batch,

@@ -109,8 +109,8 @@ class PretrainMode(Mode):
         return _EvalPass(loader)
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        # per-token NLL (B, T), the head and the cross-entropy fused chunk by chunk: no (B, T, V) logits
-        return module(batch["ids"], targets=batch["targets"]).mean(), {}
+        # the head and the cross-entropy fused chunk by chunk: no (B, T, V) logits
+        return module(batch["ids"], targets=batch["targets"], reduction="mean"), {}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"data": {"shards": str(self.shard_dir), "context_length": self._context_length}}

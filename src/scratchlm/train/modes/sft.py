@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from scratchlm.data.finetune import (
-    IGNORE,
     EpochBatches,
     collate_sft,
     fixed_batches,
@@ -39,11 +38,6 @@ def prepare_chat_model(model: GPT, tokenizer: Any, template: ChatTemplate) -> No
     """Add the template's control tokens to the tokenizer and resize the model's vocabulary to hold them."""
     template.add_special_tokens(tokenizer)
     resize_vocab(model, tokenizer.vocab_size)
-
-
-def masked_mean(nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean of the per-token NLL (B, T) over targets that are not IGNORE (as `F.cross_entropy(ignore_index=)`)."""
-    return nll.sum() / (targets != IGNORE).sum()
 
 
 def split_val(examples: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -113,8 +107,8 @@ class SFTMode(FinetuneMode):
         return fixed_batches(self.val_examples, micro_batch_size, self._collate) if self.val_examples else None
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        targets = batch["targets"]  # packed rows pass positions; the NLL is (B, T), 0 at IGNORE (the prompt)
-        return masked_mean(module(batch["ids"], positions=batch.get("positions"), targets=targets), targets), {}
+        # packed rows pass positions; the mean is over the answer tokens (the prompt's targets are IGNORE)
+        return module(batch["ids"], positions=batch.get("positions"), targets=batch["targets"], reduction="mean"), {}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "chat_template": self.template.to_dict()}
