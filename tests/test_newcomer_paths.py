@@ -249,14 +249,7 @@ def test_chat_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixt
     assert replies["lora"] == replies["merged"] and len(replies["lora"].splitlines()) == 2
 
 
-def test_serve_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
+def test_serve_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], serve_process) -> None:
     from openai import OpenAI
 
     lora, merged = _merged(tmp_path, ("q", "v", "mlp"))
@@ -264,27 +257,8 @@ def test_serve_reads_a_lora_checkpoint(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["generate", "--checkpoint", str(merged), "--prompt", "Once upon a time", "--temperature", "0",
                  "--max-new-tokens", "8", "--device", "cpu"]) == 0
     want = capsys.readouterr().out.removesuffix("\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", "--checkpoint", str(lora), "--port",
-                             str(port), "--slots", "1", "--log-level", "warning", "--device", "cpu"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    args = ["--checkpoint", str(lora), "--slots", "1", "--log-level", "warning", "--device", "cpu"]
+    with serve_process(args) as url:
         client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         got = client.completions.create(model="sft", prompt="Once upon a time", max_tokens=8, temperature=0)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert got.choices[0].text == want and want.strip()

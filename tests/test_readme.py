@@ -18,9 +18,7 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -38,12 +36,6 @@ def readme_commands() -> list[str]:
     section = README.read_text(encoding="utf-8").split("## Using it", 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if shlex.split(line, comments=True)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -78,37 +70,15 @@ def _adapt(argv: list[str], short: bool, fetched: dict[str, str]) -> list[str]:
     return argv
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "serve exited"
-        assert time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.2)
-
-
-def _serve(argv: list[str]) -> str:
-    """`scratchlm serve ...` as a process on a free port; one completion through the `openai` client."""
+def _serve(argv: list[str], serve_process) -> str:  # noqa: ANN001
+    """`scratchlm serve ...` as a process on a free port; one chat completion through the `openai` client."""
     from openai import OpenAI
 
-    port = str(_free_port())
-    argv = _option(argv, "--port", port)
-    proc = subprocess.Popen([sys.executable, "-m", "scratchlm", *argv], stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+    with serve_process(_option(argv[1:], "--port", None)) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
         reply = client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "Name a colour."}],
                                                max_tokens=8, temperature=0)
         return reply.choices[0].message.content or ""
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _judge_server():  # noqa: ANN202
@@ -153,7 +123,7 @@ def _check(argv: list[str], out: str) -> None:
 
 
 def _sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-              short: bool) -> list[tuple[str, float]]:
+              short: bool, serve_process) -> list[tuple[str, float]]:  # noqa: ANN001
     monkeypatch.chdir(tmp_path)
     fetched: dict[str, str] = {}
     times = []
@@ -171,7 +141,7 @@ def _sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: p
             assert r.returncode == 0, r.stderr[-2000:]
             out = r.stdout
         elif argv[0] == "serve":
-            out = _serve(argv)
+            out = _serve(argv, serve_process)
         elif argv[0] == "chat":
             monkeypatch.setattr("sys.stdin", io.StringIO("Hello, who are you?\n/exit\n"))
             out = _run(capsys, argv)
@@ -191,11 +161,11 @@ def _sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: p
 
 
 def test_readme_sequence_short(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    _sequence(tmp_path, capsys, monkeypatch, short=True)
+                               monkeypatch: pytest.MonkeyPatch, serve_process) -> None:
+    _sequence(tmp_path, capsys, monkeypatch, True, serve_process)
 
 
 @pytest.mark.slow
 def test_readme_sequence_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    _sequence(tmp_path, capsys, monkeypatch, short=False)
+                                    monkeypatch: pytest.MonkeyPatch, serve_process) -> None:
+    _sequence(tmp_path, capsys, monkeypatch, False, serve_process)
