@@ -10,8 +10,10 @@ the tokens in chunks:
 
 so the memory is one chunk's logits (32 MB at GPT-2's vocabulary) whatever the batch, for one more head
 GEMM in backward (the idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, Wijmans et al. 2024).
-It returns the per-token NLL (0 at `ignore_index` targets), so every mode takes its own reduction: a mean
-(pretraining), a masked mean (SFT), sums per row (DPO, perplexity, multiple choice).
+It returns the per-token NLL (0 at `ignore_index` targets) for the modes that weigh tokens themselves (DPO's
+per-row sums, perplexity, multiple choice), or their sum or mean (pretraining, SFT's masked mean): a scalar
+whose upstream gradient is one number, so forward already makes the gradient and backward only scales it
+(no recomputation: three head GEMMs per step instead of four).
 
 Precision: the products run in the compute dtype (autocast's, else the inputs'), the softmax in float32, as
 `F.cross_entropy(F.linear(h, W, b).float(), ...)` does; the weight's gradient is accumulated in float32.
