@@ -15,6 +15,8 @@ Sections (each one's failure is recorded and the run goes on; the exit status is
    `transformers` `generate` with its cache, same random weights (built in HF, copied through the state-dict
    map), prefill excluded: B * (N - 1) / (time for N new tokens - time for 1). Speeds in bf16 weights on CUDA;
    the greedy tokens at batch 1 must be equal in fp32 (checked; in bf16 they are recorded, not required).
+   Also the engine's compiled decode step (`Engine(compile=...)`: torch.compile's default mode, and
+   "reduce-overhead", which replays each step as one CUDA graph), its tokens compared with the eager engine's.
 3. loss_curve: `--curve-seconds` (default 180) of pretraining the gpt2 shape on GPT-2-tokenized
    tinyshakespeare (random windows of the first 90%, AdamW, bf16, compile): (seconds, step, loss) points,
    and the validation loss on the held-out last 10% every 30 s and at the end.
@@ -46,7 +48,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,13 @@ from scratchlm import tokenizer as tokenizers  # noqa: E402
 from scratchlm.device import resolve_device  # noqa: E402
 from scratchlm.errors import ScratchlmError  # noqa: E402
 from scratchlm.generate import SampleConfig, generate_ids  # noqa: E402
+from scratchlm.generate.engine import Engine, make_sequences  # noqa: E402
 from scratchlm.model import GPT, ModelConfig  # noqa: E402
 from scratchlm.model.hf import config_from_hf, state_dict_from_hf  # noqa: E402
 from scratchlm.train.optim import build_optimizer  # noqa: E402
 from scratchlm.train.progress import flops_per_token, peak_flops  # noqa: E402
 
-SECTIONS = ("train_step", "decode", "loss_curve", "gpu_tests")
+SECTIONS = ("train_step", "pretrain_cli", "decode", "loss_curve", "gpu_tests")
 
 
 @dataclasses.dataclass
@@ -85,11 +88,14 @@ class Settings:
     seq: int
     warmup_steps: int
     timed_steps: int
+    pretrain_steps: int  # of `scratchlm pretrain --preset gpt2` (pretrain_cli)
+    pretrain_accum: int  # its micro-batches per step (--global-batch-tokens = batch * seq * this)
     decode_batches: list[int]
     prompt_len: int
     new_tokens: int
     decode_repeats: int
     decode_dtype: str  # bf16 | fp32
+    decode_compile: list[str]  # torch.compile modes of the engine's compiled decode step also timed
     curve_seconds: float
     budget: float  # seconds for the whole run (0: none); the loss curve is shortened to fit
     curve_lr: float
@@ -118,11 +124,16 @@ def settings_from(args: argparse.Namespace, device: torch.device) -> Settings:
         seq=64 if smoke else 1024,
         warmup_steps=1 if smoke else 3,  # compile happens in the first; the others settle the allocator
         timed_steps=3 if smoke else 20,
+        pretrain_steps=4 if smoke else 30,
+        pretrain_accum=2 if smoke else 8,
         decode_batches=[1, 4] if smoke else [1, 64],
         prompt_len=8 if smoke else 16,
         new_tokens=8 if smoke else 128,
         decode_repeats=2 if smoke else 3,
         decode_dtype=args.decode_dtype or ("bf16" if device.type == "cuda" and not smoke else "fp32"),
+        decode_compile=[m for m in args.decode_compile if m != "none"]
+        if args.decode_compile is not None
+        else ([] if smoke else ["default", "reduce-overhead"]),
         curve_seconds=args.curve_seconds if args.curve_seconds is not None else (5.0 if smoke else 180.0),
         budget=args.budget if args.budget is not None else (0.0 if smoke else 450.0),
         curve_lr=3e-3 if smoke else 6e-4,  # the tiny smoke model needs a bigger step to move in 5 s
@@ -273,6 +284,79 @@ def section_train(s: Settings, device: torch.device, cfg: ModelConfig) -> dict[s
     return res
 
 
+# ---- 1b. the user's command --------------------------------------------------------------------------------
+def scratchlm_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m scratchlm ARGS` with this tree's src/ (the GPU machine has no install)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "scratchlm", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def section_pretrain(s: Settings, device: torch.device) -> dict[str, Any]:
+    """`scratchlm data prepare` + `scratchlm pretrain --preset gpt2` as a user types them (the gpt2 recipe's
+    micro-batch, bf16 and compile; fewer tokens per step and steps), timed from its own metrics.jsonl: the whole
+    loop (data, accumulation, clip, the spike guard's one read-back per step, logging) against the bare step."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="scratchlm-gpu-"))
+    res: dict[str, Any] = {"errors": []}
+    prep = [
+        "data",
+        "prepare",
+        "--dataset",
+        "tinyshakespeare",
+        "--tokenizer",
+        "gpt2",
+        "--out",
+        str(work / "shards"),
+    ]
+    steps, log_every = (4, 1) if s.smoke else (s.pretrain_steps, 5)
+    pre = ["pretrain", "--preset", "gpt2", "--data", str(work / "shards"), "--out", str(work / "run")]
+    pre += ["--max-steps", str(steps), "--log-every", str(log_every), "--device", str(device)]
+    pre += ["--global-batch-tokens", str(s.batch * s.seq * s.pretrain_accum), "--warmup-steps", str(steps // 3)]
+    if s.smoke:  # the tiny shape, fp32, eager
+        pre += ["--model-preset", "gpt2-tiny", "--model.context-length", str(s.seq)]
+        pre += ["--micro-batch-size", str(s.batch), "--compile", "False", "--precision", "fp32"]
+        pre += ["--sample-at-end", "20"]
+    for name, args in (("data_prepare", prep), ("pretrain", pre)):
+        progress(f"pretrain_cli: scratchlm {name.replace('_', ' ')}")
+        t = time.perf_counter()
+        r = scratchlm_cli(args, timeout=s.tests_timeout)
+        res[f"{name}_s"] = time.perf_counter() - t
+        res[f"{name}_command"] = "scratchlm " + " ".join(args)
+        if r.returncode != 0:
+            res[f"{name}_output_tail"] = (r.stdout + r.stderr)[-4000:]
+            res["errors"].append(
+                f"scratchlm {name.replace('_', ' ')} exited {r.returncode}: "
+                f"{(r.stderr.strip().splitlines() or [''])[-1][:200]}"
+            )
+            return res
+    records = [
+        json.loads(ln) for ln in (work / "run" / "metrics.jsonl").read_text().splitlines() if ln.strip()
+    ]
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    timed = train[1:] or train  # the first log interval holds the compile
+    res.update(
+        steps=steps,
+        accumulation=s.pretrain_accum,
+        tokens_per_s=statistics.median(r["tokens_per_s"] for r in timed) if timed else None,
+        mfu=statistics.median(r["mfu"] for r in timed) if timed and "mfu" in timed[0] else None,
+        first_loss=train[0]["loss"] if train else None,
+        last_loss=train[-1]["loss"] if train else None,
+        val_loss=evals[-1].get("val_loss") if evals else None,
+        checkpoint=(work / "run" / "latest").is_file(),
+    )
+    if not res["checkpoint"]:
+        res["errors"].append("no checkpoint written")
+    return res
+
+
 # ---- 2. decode ---------------------------------------------------------------------------------------------
 def same_weight_models(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, GPT]:
     """The HF model and ours with its weights, through the HF state-dict map (as benchmarks/generate.py)."""
@@ -287,9 +371,13 @@ def same_weight_models(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn
 
 
 def decoders(
-    hf: torch.nn.Module | None, ours: GPT, prompt: torch.Tensor
+    hf: torch.nn.Module | None, ours: GPT, prompt: torch.Tensor, compiled: Sequence[str] = ()
 ) -> dict[str, Callable[[int], list[list[int]]]]:
-    """n -> the n greedy new tokens of every row, for each implementation (lists: both end in a sync)."""
+    """n -> the n greedy new tokens of every row, for each implementation (lists: both end in a sync).
+
+    `compiled`: the engine's compiled decode step too, one entry per torch.compile mode ("default",
+    "reduce-overhead"), each one engine kept across calls (its graphs are compiled in the first, untimed call).
+    """
     mask = torch.ones_like(prompt)
     rows = prompt.tolist()
 
@@ -309,7 +397,19 @@ def decoders(
         groups = generate_ids(ours, rows, SampleConfig(temperature=0, max_new_tokens=n))
         return [g[0].output for g in groups]
 
-    return {"scratchlm": run_ours} | ({"transformers": run_hf} if hf is not None else {})
+    def run_compiled(mode: str) -> Callable[[int], list[list[int]]]:
+        engine = Engine(ours, slots=len(rows), compile=True if mode == "default" else mode)
+
+        def run(n: int) -> list[list[int]]:
+            seqs = [g[0] for g in make_sequences(rows, SampleConfig(temperature=0, max_new_tokens=n))]
+            for _ in engine.run(seqs):
+                pass
+            return [s.output for s in seqs]
+
+        return run
+
+    impls = {"scratchlm": run_ours} | {f"scratchlm_compiled_{m}": run_compiled(m) for m in compiled}
+    return impls | ({"transformers": run_hf} if hf is not None else {})
 
 
 def compare(a: list[list[int]], b: list[list[int]]) -> dict[str, Any]:
@@ -355,7 +455,7 @@ def section_decode(s: Settings, device: torch.device, cfg: ModelConfig) -> dict[
             prompt = torch.randint(0, V, (B, s.prompt_len), generator=torch.Generator().manual_seed(B)).to(
                 device
             )
-            impls = decoders(hf, ours, prompt)
+            impls = decoders(hf, ours, prompt, s.decode_compile)
             outs: dict[str, list[list[int]]] = {}
             best: dict[tuple[str, int], float] = {}
             failed: set[str] = set()
@@ -386,8 +486,16 @@ def section_decode(s: Settings, device: torch.device, cfg: ModelConfig) -> dict[
                         "total_s": tn,
                         "one_token_s": t1,
                     }
-            if B == 1 and len(outs) == 2:  # informational: in bf16 a near-tie may flip
+            if (
+                B == 1 and "scratchlm" in outs and "transformers" in outs
+            ):  # informational: in bf16 a near-tie may flip
                 res[f"same_tokens_{s.decode_dtype}_b1"] = compare(outs["scratchlm"], outs["transformers"])
+            for (
+                mode
+            ) in s.decode_compile:  # compiled against eager, same weights and dtype (equal in fp32: tests)
+                name = f"scratchlm_compiled_{mode}"
+                if name in outs and "scratchlm" in outs:
+                    res[f"{name}_same_as_eager_b{B}"] = compare(outs[name], outs["scratchlm"])
     return res
 
 
@@ -619,6 +727,46 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                             ratio(gib(a), gib(b)),
                         )
                     )
+        if name == "pretrain_cli" and r:
+            bare = (report["sections"].get("train_step", {}).get("results") or {}).get("scratchlm", {})
+            rows += [
+                (
+                    name,
+                    f"tokens/s ({r.get('steps')} steps x {r.get('accumulation')} micro)",
+                    fmt(r.get("tokens_per_s")),
+                    "",
+                    "",
+                ),
+                (
+                    name,
+                    "loop / bare train_step tokens/s",
+                    ratio(r.get("tokens_per_s"), bare.get("tokens_per_s")),
+                    "",
+                    "",
+                ),
+                (name, "MFU %", fmt(r["mfu"] * 100 if r.get("mfu") else None, ".1f"), "", ""),
+                (
+                    name,
+                    "loss first -> last",
+                    f"{fmt(r.get('first_loss'), '.3f')} -> {fmt(r.get('last_loss'), '.3f')}",
+                    "",
+                    "",
+                ),
+                (
+                    name,
+                    "val loss, checkpoint written",
+                    f"{fmt(r.get('val_loss'), '.3f')}, {fmt(r.get('checkpoint'))}",
+                    "",
+                    "",
+                ),
+                (
+                    name,
+                    "wall s: data prepare, pretrain",
+                    f"{fmt(r.get('data_prepare_s'), '.1f')}, {fmt(r.get('pretrain_s'), '.1f')}",
+                    "",
+                    "",
+                ),
+            ]
         if name == "decode" and r:
             for B in report["settings"]["decode_batches"]:
                 a, b = r.get(f"scratchlm_b{B}", {}), r.get(f"transformers_b{B}", {})
@@ -631,6 +779,19 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                         ratio(a.get("tokens_per_s"), b.get("tokens_per_s")),
                     )
                 )
+            for B in report["settings"]["decode_batches"]:
+                for mode in report["settings"].get("decode_compile", []):
+                    a, b = r.get(f"scratchlm_compiled_{mode}_b{B}", {}), r.get(f"transformers_b{B}", {})
+                    same = r.get(f"scratchlm_compiled_{mode}_same_as_eager_b{B}", {}).get("equal")
+                    rows.append(
+                        (
+                            name,
+                            f"tokens/s batch {B}, compiled {mode} (= eager: {fmt(same)})",
+                            fmt(a.get("tokens_per_s"), ",.1f"),
+                            fmt(b.get("tokens_per_s"), ",.1f"),
+                            ratio(a.get("tokens_per_s"), b.get("tokens_per_s")),
+                        )
+                    )
             for key in ("same_tokens_fp32_b1", "same_tokens_bf16_b1"):
                 if key in r:
                     rows.append(
@@ -711,6 +872,14 @@ def main(argv: list[str] | None = None) -> int:
         help="weights' dtype for the decode speeds (default bf16 on CUDA, fp32 in --smoke and off CUDA)",
     )
     p.add_argument(
+        "--decode-compile",
+        nargs="+",
+        choices=["default", "reduce-overhead", "none"],
+        default=None,
+        help="also time the engine's compiled decode step in these torch.compile modes "
+        "(default: both on a GPU, none in --smoke)",
+    )
+    p.add_argument(
         "--curve-seconds", type=float, default=None, help="loss-curve training time (180; 5 in --smoke)"
     )
     p.add_argument(
@@ -746,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     t_run = time.perf_counter()
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "train_step": lambda: section_train(s, device, cfg),
+        "pretrain_cli": lambda: section_pretrain(s, device),
         "decode": lambda: section_decode(s, device, cfg),
         "loss_curve": lambda: section_curve(s, device, cfg, curve_seconds(s, time.perf_counter() - t_run)),
         "gpu_tests": lambda: section_tests(s),

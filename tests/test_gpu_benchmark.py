@@ -23,14 +23,16 @@ def test_smoke_run_writes_every_section(tmp_path: Path, mirror: Path) -> None:
         "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
     }
     # --skip-tests: the `pytest -m gpu` section would collect this suite again from inside it
-    cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--skip-tests", "--out", str(out)]
+    # --decode-compile: the compiled engine's path too (on a CPU "reduce-overhead" is plain compile)
+    cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--skip-tests", "--decode-compile", "reduce-overhead"]
+    cmd += ["--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
 
     sections = report["sections"]
-    assert set(sections) == {"train_step", "decode", "loss_curve", "gpu_tests"}
-    for name in ("train_step", "decode", "loss_curve"):
+    assert set(sections) == {"train_step", "pretrain_cli", "decode", "loss_curve", "gpu_tests"}
+    for name in ("train_step", "pretrain_cli", "decode", "loss_curve"):
         assert sections[name]["status"] == "ok", sections[name]
     assert sections["gpu_tests"]["status"] == "skipped"
 
@@ -45,6 +47,11 @@ def test_smoke_run_writes_every_section(tmp_path: Path, mirror: Path) -> None:
         for impl in ("scratchlm", "transformers"):
             assert positive(decode[f"{impl}_b{batch}"]["tokens_per_s"]), decode
     assert decode["same_tokens_fp32_b1"]["equal"]
+    for batch in report["settings"]["decode_batches"]:
+        assert positive(decode[f"scratchlm_compiled_reduce-overhead_b{batch}"]["tokens_per_s"]), decode
+        assert decode[f"scratchlm_compiled_reduce-overhead_same_as_eager_b{batch}"]["equal"], decode
+    pretrain = sections["pretrain_cli"]["results"]  # the user's two commands, in a subprocess
+    assert positive(pretrain["tokens_per_s"]) and positive(pretrain["val_loss"]) and pretrain["checkpoint"]
     curve = sections["loss_curve"]["results"]
     assert positive(curve["tokens_per_s"])
     points = curve["points"]

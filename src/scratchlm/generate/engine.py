@@ -21,6 +21,13 @@ Decisions:
   so a lightly loaded engine does not pay for its empty slots.
 - One CPU `torch.Generator` per sequence, seeded from `SampleConfig.seed` (+ i for the i-th of n samples): the
   same seed gives the same tokens however the sequence is batched with others.
+- `compile=True` compiles the decode step with `torch.compile(fullgraph=True)` at fixed shapes: it always
+  decodes every slot, over the first `attend_len` cache slots, a power of two (>= 64, <= the cache length)
+  covering the furthest position, the slots beyond each row's position masked. So a handful of graphs serve
+  every step (64, 128, ..., the cache length), and attention does not read the whole cache at every step.
+  The tokens equal the eager engine's. Prefill stays eager (its shapes change with every prompt). It pays
+  where per-step overhead dominates: small batches, on a GPU. `compile="reduce-overhead"` also captures each
+  graph as a CUDA graph (the cache is a static address, written inside the graph), one launch per step.
 - The engine knows nothing of text. Stop strings are found by the caller (`TextStream`), which then calls
   `finish(seq, "stop")` before the next step.
 """
@@ -31,7 +38,7 @@ import copy
 import itertools
 import random
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,7 +99,9 @@ class GenSequence:
 class Engine:
     """Continuous batching over `slots` rows of one KVCache. Use `add` + `step`, or `run` for a static batch."""
 
-    def __init__(self, model: nn.Module, slots: int = 8, max_len: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, slots: int = 8, max_len: int | None = None, compile: bool | str = False
+    ) -> None:
         self.model = model
         self.max_len = min(max_len or model.config.context_length, model.config.context_length)
         self.device = next(model.parameters()).device
@@ -106,6 +115,7 @@ class Engine:
             None  # (slots, V) bool, prompt + output tokens, for the repetition penalty
         )
         self._counts: Tensor | None = None  # (slots, V) int, output tokens, for frequency/presence penalties
+        self._decode = self._compiled_decode(compile) if compile else None
 
     # ---- queue ----------------------------------------------------------------------------------------------
     @property
@@ -168,7 +178,8 @@ class Engine:
         # Everyone running decodes, the newly prefilled included (their slot must not get a dummy token).
         decoding = [s for s in self.rows if s is not None]
         if decoding:
-            hi = max(s.slot for s in decoding) + 1
+            # compiled: every slot, one shape for all steps; eager: only rows up to the highest busy one
+            hi = self.slots if self._decode is not None else max(s.slot for s in decoding) + 1
             last, pos = [0] * hi, [0] * hi  # built as lists: one tensor each, not 2 * hi tiny writes
             for s in decoding:
                 last[s.slot] = s.output[-1]
@@ -177,11 +188,45 @@ class Engine:
             positions = torch.tensor(pos, dtype=torch.long, device=self.device)[:, None]  # (hi, 1)
             # Free rows below hi decode a dummy token at position 0 of their own row: harmless, the next
             # sequence to take that slot prefills over it.
-            logits = self.model(ids, cache=self._rows_view(0, hi), positions=positions)[:, -1]  # (hi, V)
+            if self._decode is not None:
+                logits = self._decode(ids, positions, self._attend_len(max(pos) + 1))  # (slots, V)
+            else:
+                logits = self.model(ids, cache=self._rows_view(0, hi), positions=positions)[:, -1]  # (hi, V)
             slots = [s.slot for s in decoding]
             for seq in self._sample(slots, logits if len(slots) == hi else logits[slots]):
                 changed[seq.id] = seq
         return list(changed.values())
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compile the decode step now rather than in the first request's step (no-op when not compiled).
+
+        It decodes a dummy token at position 0 of every row: harmless, as a free row's slots are overwritten by
+        the prefill of the next sequence that takes it (and it is only called with no sequence running)."""
+        if self._decode is not None and not self.running:
+            ids = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+            # two tensors, as in `step` (aliasing would recompile); the first length bucket
+            self._decode(ids, torch.zeros_like(ids), self._attend_len(1))
+
+    def _compiled_decode(self, compile: bool | str) -> Callable[[Tensor, Tensor, int], Tensor]:
+        """`_decode_all` compiled once per length bucket; a string is torch.compile's mode.
+
+        The cache is written in place inside the graph. Marked as a static address, it is part of the graph
+        rather than an input copied in, so "reduce-overhead" (CUDA graphs) replays the whole step, cache
+        writes included, with one launch."""
+        for t in (self.cache.k, self.cache.v):
+            torch._dynamo.mark_static_address(t)
+        mode = compile if isinstance(compile, str) else None
+        return torch.compile(self._decode_all, fullgraph=True, dynamic=False, mode=mode)
+
+    def _decode_all(self, ids: Tensor, positions: Tensor, attend_len: int) -> Tensor:
+        """One token for every slot over cache slots 0..attend_len-1: (slots, 1) ids -> (slots, V) logits."""
+        hidden = self.model.hidden_states(ids, cache=self.cache, positions=positions, attend_len=attend_len)
+        return self.model.lm_head(hidden[:, -1])
+
+    def _attend_len(self, needed: int) -> int:
+        """The compiled step's length bucket: the smallest power of two >= needed (and >= 64), at most max_len."""
+        return min(self.max_len, max(64, 1 << (needed - 1).bit_length()))
 
     def _admit(self) -> list[GenSequence]:
         admitted = []
@@ -335,24 +380,32 @@ def generate_ids(
     config: SampleConfig = _GREEDY,
     stop_ids: Sequence[int] = (),
     slots: int | None = None,
+    compile: bool | str = False,
 ) -> list[list[GenSequence]]:
     """Generate for a batch of prompts (any lengths): for each prompt, its `config.n` finished sequences.
 
     With `slots` >= the number of sequences (the default), it is one static batch: all prompts are prefilled
-    together, right-padded, and decoded together.
+    together, right-padded, and decoded together. `compile`: see `Engine`.
     """
     groups = make_sequences(prompts, config, stop_ids)
     flat = [s for g in groups for s in g]
-    engine = Engine(model, slots=slots or max(1, len(flat)), max_len=static_max_len(model, prompts, config))
+    max_len = static_max_len(model, prompts, config, compile)
+    engine = Engine(model, slots=slots or max(1, len(flat)), max_len=max_len, compile=compile)
     for _ in engine.run(flat):
         pass
     return groups
 
 
-def static_max_len(model: nn.Module, prompts: Sequence[list[int]], config: SampleConfig) -> int:
+def static_max_len(
+    model: nn.Module, prompts: Sequence[list[int]], config: SampleConfig, compile: bool | str = False
+) -> int:
     """Cache length a static batch needs: the longest prompt plus the new tokens (at most the context).
 
-    A prompt longer than the context still gets the full context, so `Engine.add` reports it."""
+    A prompt longer than the context still gets the full context, so `Engine.add` reports it. A compiled
+    engine gets the whole context: its graphs are specialised to the cache's shape, and one shape for every
+    call lets later calls reuse them (attention still reads only the length bucket it needs)."""
     context = model.config.context_length
+    if compile:
+        return context
     longest = max((len(p) for p in prompts), default=1)
     return context if longest > context else min(context, longest + config.max_new_tokens)

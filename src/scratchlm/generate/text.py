@@ -54,14 +54,18 @@ def complete(
     config: SampleConfig,
     stop_ids: Sequence[int] | None = None,
     slots: int | None = None,
+    compile: bool | str = False,
 ) -> list[list[Completion]]:
-    """`config.n` completions for each prompt (text or ids), batched through one engine."""
+    """`config.n` completions for each prompt (text or ids), batched through one engine.
+
+    `compile`: compile the decode step (see `Engine` and `static_max_len`)."""
     prompt_ids = [p if isinstance(p, list) else encode_prompt(tokenizer, p) for p in prompts]
     stops = default_stop_ids(tokenizer, config) if stop_ids is None else list(stop_ids)
     groups = make_sequences(prompt_ids, config, stops)
     flat = [s for g in groups for s in g]
     streams = {s.id: TextStream(tokenizer, config.stop) for s in flat}
-    engine = Engine(model, slots=slots or len(flat), max_len=static_max_len(model, prompt_ids, config))
+    max_len = static_max_len(model, prompt_ids, config, compile)
+    engine = Engine(model, slots=slots or len(flat), max_len=max_len, compile=compile)
     with _eval_mode(model):
         for changed in engine.run(flat):
             for seq in changed:
@@ -75,12 +79,13 @@ def stream(
     prompt: str | list[int],
     config: SampleConfig,
     stop_ids: Sequence[int] | None = None,
+    compile: bool | str = False,
 ) -> Iterator[str]:
     """Yield text pieces of one sample as they are decoded (never a split character, never a stop string).
 
     `stream_completion` also gives the finished `Completion` (finish reason, token counts) at the end.
     """
-    for piece, _ in stream_completion(model, tokenizer, prompt, config, stop_ids):
+    for piece, _ in stream_completion(model, tokenizer, prompt, config, stop_ids, compile):
         if piece:
             yield piece
 
@@ -91,13 +96,14 @@ def stream_completion(
     prompt: str | list[int],
     config: SampleConfig,
     stop_ids: Sequence[int] | None = None,
+    compile: bool | str = False,
 ) -> Iterator[tuple[str, Completion | None]]:
-    """Yield (piece, None) while decoding, then ("", the finished Completion) once."""
+    """Yield (piece, None) while decoding, then ("", the finished Completion) once (`compile`: as `complete`)."""
     ids = prompt if isinstance(prompt, list) else encode_prompt(tokenizer, prompt)
     stops = default_stop_ids(tokenizer, config) if stop_ids is None else list(stop_ids)
     [[seq]] = make_sequences([ids], replace(config, n=1), stops)
     text = TextStream(tokenizer, config.stop)
-    engine = Engine(model, slots=1, max_len=static_max_len(model, [ids], config))
+    engine = Engine(model, slots=1, max_len=static_max_len(model, [ids], config, compile), compile=compile)
     with _eval_mode(model):
         for _ in engine.run([seq]):
             yield feed_text(engine, seq, text), None

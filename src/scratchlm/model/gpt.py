@@ -142,21 +142,28 @@ class GPT(nn.Module):
         return full_cross_entropy(head(hidden), targets, reduction=reduction)
 
     def hidden_states(
-        self, ids: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        attend_len: int | None = None,
     ) -> torch.Tensor:
         """ids (B, T) -> final-norm hidden states (B, T, C).
 
         `positions` (B, T) are the tokens' absolute positions (default 0..T-1 in every row). With a `cache`, keys
         and values are written at those positions and each query attends to cache slots <= its own position.
+        `attend_len` is how many cache slots the queries look over: by default up to the furthest position
+        (the fewest), the cache's whole length for shapes that do not depend on the positions (a compiled
+        decode step); the slots beyond a query's position are masked either way.
         """
         B, T = ids.shape
         mask = None  # None: plain causal attention over the T tokens (training's fast path)
         if positions is None:
             positions = torch.arange(T, device=ids.device).expand(B, T)
             if cache is not None:
-                mask = _slot_mask(positions)
+                mask = _slot_mask(positions, attend_len)
         else:
-            mask = _slot_mask(positions) if cache is not None else _document_mask(positions)
+            mask = _slot_mask(positions, attend_len) if cache is not None else _document_mask(positions)
         x, rope = self.embed(ids, positions)
         for block in self.blocks:
             x = block(x, rope, mask, cache, positions)
@@ -200,8 +207,9 @@ def _document_mask(positions: torch.Tensor) -> torch.Tensor:
     return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
 
 
-def _slot_mask(positions: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, S): query i may see cache slot s iff s <= position[i]; S = the furthest position + 1."""
-    S = int(positions.max()) + 1
+def _slot_mask(positions: torch.Tensor, S: int | None = None) -> torch.Tensor:
+    """(B, 1, T, S): query i may see cache slot s iff s <= position[i]; S defaults to the furthest position + 1."""
+    if S is None:
+        S = int(positions.max()) + 1
     slots = torch.arange(S, device=positions.device)
     return (slots <= positions[:, :, None])[:, None]

@@ -95,14 +95,17 @@ def create_app(
     max_waiting: int = 64,
     max_len: int | None = None,
     max_request_bytes: int = 4 * 2**20,
+    compile: bool = False,
 ) -> FastAPI:
     """The server for one model. `slots`: sequences decoded together; `max_waiting`: queue bound (then 429);
-    `max_len`: tokens per cache row (default: the model's context); `max_request_bytes`: body limit (then 413)."""
+    `max_len`: tokens per cache row (default: the model's context); `max_request_bytes`: body limit (then 413);
+    `compile`: compile the decode step (see `Engine`), here, before the first request."""
     model.eval()
     context = model.config.context_length
     if max_len is not None and not 1 <= max_len <= context:
         raise ScratchlmError(f"max_len must be between 1 and the model's context {context}, got {max_len}")
-    engine = Engine(model, slots=slots, max_len=max_len)
+    engine = Engine(model, slots=slots, max_len=max_len, compile=compile)
+    engine.warm_up()
     state = ServerState(
         model_name=model_name,
         tokenizer=tokenizer,
