@@ -398,7 +398,7 @@ def decoders(
         return [g[0].output for g in groups]
 
     def run_compiled(mode: str) -> Callable[[int], list[list[int]]]:
-        engine = Engine(ours, slots=len(rows), compile=True if mode == "default" else mode)
+        engine = Engine(ours, slots=len(rows), compile=mode)
 
         def run(n: int) -> list[list[int]]:
             seqs = [g[0] for g in make_sequences(rows, SampleConfig(temperature=0, max_new_tokens=n))]

@@ -99,7 +99,7 @@ def test_serve_sizes_the_kv_cache_and_says_so(
     port = _free_port()
     assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port), *args]) == 0
     engine = ran["app"].state.scratchlm.worker.engine
-    assert engine.max_len == max_len and engine.cache.k.shape[3] == max_len
+    assert engine.max_len == max_len and engine.cache.k[0].shape[2] == max_len
     assert capsys.readouterr().err.splitlines()[0] == line
 
 

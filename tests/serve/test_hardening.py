@@ -288,7 +288,7 @@ def test_max_len_bounds_the_cache_and_the_requests(loaded: tuple) -> None:
     would run past it stops there with finish reason "length"."""
     model, tok = loaded
     app = create_app(model, tok, model_name=MODEL, slots=2, max_len=32)
-    assert app.state.scratchlm.worker.engine.cache.k.shape[3] == 32
+    assert app.state.scratchlm.worker.engine.cache.k[0].shape[2] == 32
     with BackgroundServer(app) as url:
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         assert client.models.list().data[0].model_extra["context_length"] == 32

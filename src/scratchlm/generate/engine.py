@@ -26,15 +26,15 @@ Decisions:
   covering the furthest position, the slots beyond each row's position masked. So a handful of graphs serve
   every step (64, 128, ..., the cache length), and attention does not read the whole cache at every step.
   The tokens equal the eager engine's. Prefill stays eager (its shapes change with every prompt). It pays
-  where per-step overhead dominates: small batches, on a GPU. `compile="reduce-overhead"` also captures each
-  graph as a CUDA graph (the cache is a static address, written inside the graph), one launch per step.
+  where per-step overhead dominates: small batches, on a GPU. On CUDA each graph is also captured as a CUDA
+  graph ("reduce-overhead"; the cache is a static address, written inside the graph): one launch per step.
+  Measured on an H200 (gpt2 124M, bf16, batch 1): eager 189 tokens/s, compiled 240, CUDA graphs 980.
 - The engine knows nothing of text. Stop strings are found by the caller (`TextStream`), which then calls
   `finish(seq, "stop")` before the next step.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 from collections import deque
@@ -191,7 +191,7 @@ class Engine:
             if self._decode is not None:
                 logits = self._decode(ids, positions, self._attend_len(max(pos) + 1))  # (slots, V)
             else:
-                logits = self.model(ids, cache=self._rows_view(0, hi), positions=positions)[:, -1]  # (hi, V)
+                logits = self.model(ids, cache=self.cache.rows(0, hi), positions=positions)[:, -1]  # (hi, V)
             slots = [s.slot for s in decoding]
             for seq in self._sample(slots, logits if len(slots) == hi else logits[slots]):
                 changed[seq.id] = seq
@@ -209,14 +209,23 @@ class Engine:
             self._decode(ids, torch.zeros_like(ids), self._attend_len(1))
 
     def _compiled_decode(self, compile: bool | str) -> Callable[[Tensor, Tensor, int], Tensor]:
-        """`_decode_all` compiled once per length bucket; a string is torch.compile's mode.
+        """`_decode_all` compiled once per length bucket. `True`: CUDA graphs on CUDA ("reduce-overhead": one
+        launch per step, where the eager step of a small batch is bound by its hundreds of kernel launches),
+        torch.compile's default mode elsewhere; a string names the mode.
 
         The cache is written in place inside the graph. Marked as a static address, it is part of the graph
-        rather than an input copied in, so "reduce-overhead" (CUDA graphs) replays the whole step, cache
-        writes included, with one launch."""
-        for t in (self.cache.k, self.cache.v):
+        rather than an input copied in, so a CUDA graph replays the whole step, cache writes included."""
+        for t in self.cache.k + self.cache.v:
             torch._dynamo.mark_static_address(t)
-        mode = compile if isinstance(compile, str) else None
+        # Each length bucket is one graph of `_decode_all`, a code object that every engine of the process
+        # shares; dynamo refuses a code object's ninth graph by default (a 16k context has 9 buckets).
+        limits = torch._dynamo.config
+        name = "recompile_limit" if hasattr(limits, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+        setattr(limits, name, max(getattr(limits, name), 64))
+        if isinstance(compile, str):
+            mode = compile
+        else:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         return torch.compile(self._decode_all, fullgraph=True, dynamic=False, mode=mode)
 
     def _decode_all(self, ids: Tensor, positions: Tensor, attend_len: int) -> Tensor:
@@ -252,28 +261,18 @@ class Engine:
         if slots == list(range(slots[0], slots[0] + n)):
             # contiguous slots (always so for a static batch): write straight into the big cache
             hidden = self.model.hidden_states(
-                ids, cache=self._rows_view(slots[0], slots[0] + n), positions=positions
+                ids, cache=self.cache.rows(slots[0], slots[0] + n), positions=positions
             )
         else:
             # scattered free slots: prefill into a small cache of their own, then copy it into place
-            small = KVCache.for_model(self.model, n, L, dtype=self.cache.k.dtype)
+            small = KVCache.for_model(self.model, n, L, dtype=self.cache.dtype)
             hidden = self.model.hidden_states(ids, cache=small, positions=positions)
-            index = torch.tensor(slots, device=self.device)
-            self.cache.k[:, index, :, :L] = small.k
-            self.cache.v[:, index, :, :L] = small.v
+            self.cache.copy_rows_from(small, torch.tensor(slots, device=self.device))
         if self._seen is not None:
             self._reset_penalty_rows(seqs)
         last = torch.tensor(lengths, device=self.device) - 1
         # the output head only on each prompt's last position: (n, C) -> (n, V), not (n, L, V)
         return self.model.lm_head(hidden[torch.arange(n, device=self.device), last])
-
-    def _rows_view(self, lo: int, hi: int) -> KVCache:
-        """The cache restricted to rows lo..hi-1: a view, so the forward writes straight into the big cache."""
-        if (lo, hi) == (0, self.slots):
-            return self.cache
-        view = copy.copy(self.cache)
-        view.k, view.v, view.batch_size = self.cache.k[:, lo:hi], self.cache.v[:, lo:hi], hi - lo
-        return view
 
     def _row_settings(self, seqs: list[GenSequence]) -> RowSettings:
         key = tuple(s.id for s in seqs)

@@ -14,12 +14,18 @@ The cache knows nothing of tokens or sampling; `GPT.forward(ids, cache, position
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 
 class KVCache:
-    """Keys and values, (n_layer, B, H_kv, max_len, D) each, filled slot by slot."""
+    """Keys and values, one (B, H_kv, max_len, D) tensor per layer each, filled slot by slot.
+
+    One tensor per layer, not one (n_layer, ...) tensor: a compiled decode step writes each layer's slots in
+    place; writing through a view of one big tensor made torch.compile copy the whole cache at every layer
+    (148 ms a step instead of 2.4 at 16 rows x 2,048 slots on a CPU)."""
 
     def __init__(
         self,
@@ -31,9 +37,9 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.batch_size = batch_size
         self.max_len = max_len
 
@@ -54,6 +60,10 @@ class KVCache:
             dtype=dtype or p.dtype,
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,9 +74,24 @@ class KVCache:
         # Advanced indices on dims 0 and 2 around a slice: the indexed view is (B, T, H_kv, D).
         self.k[layer][rows, :, positions] = k.transpose(1, 2)
         self.v[layer][rows, :, positions] = v.transpose(1, 2)
-        return self.k[layer, :, :, :length], self.v[layer, :, :, :length]
+        return self.k[layer][:, :, :length], self.v[layer][:, :, :length]
+
+    def rows(self, lo: int, hi: int) -> KVCache:
+        """Rows lo..hi-1 as a cache of their own that shares this one's memory (writes land here)."""
+        if (lo, hi) == (0, self.batch_size):
+            return self
+        view = copy.copy(self)
+        view.k, view.v = [t[lo:hi] for t in self.k], [t[lo:hi] for t in self.v]
+        view.batch_size = hi - lo
+        return view
+
+    def copy_rows_from(self, other: KVCache, index: torch.Tensor) -> None:
+        """Copy all of `other` (n rows, L slots) into rows `index` (n,), slots 0..L-1, of this cache."""
+        L = other.max_len
+        for mine, theirs in zip(self.k + self.v, other.k + other.v):
+            mine[index, :, :L] = theirs
 
     def reset(self) -> None:
         """Zero every slot (not needed for correctness: unwritten slots are always masked)."""
-        self.k.zero_()
-        self.v.zero_()
+        for t in self.k + self.v:
+            t.zero_()
