@@ -58,6 +58,19 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def _free_port() -> int:
+    """A loopback port that nothing listens on now (the OS picks it: no clash with other tests' random picks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """`free_port()` -> a loopback port for a server or torchrun's rendezvous."""
+    return _free_port
+
+
 @pytest.fixture
 def serve_process() -> Callable[[list[str]], contextlib.AbstractContextManager[str]]:
     """`with serve_process(["--checkpoint", X, ...]) as url:` runs `python -m scratchlm serve` on a free loopback
@@ -67,9 +80,7 @@ def serve_process() -> Callable[[list[str]], contextlib.AbstractContextManager[s
     def start(args: list[str]) -> Iterator[str]:
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_port()
         cmd = [sys.executable, "-m", "scratchlm", "serve", *args, "--port", str(port)]
         proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"

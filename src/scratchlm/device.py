@@ -26,3 +26,19 @@ def resolve_device(flag: str, local_rank: int = 0) -> torch.device:
         return torch.device(flag)
     except RuntimeError:
         raise ScratchlmError(f"unknown device {flag!r}; use cpu, cuda, cuda:N, mps or auto") from None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo).
+
+    Without it bf16 autocast runs through conversions and is no faster than fp32, so `--precision auto` keeps
+    fp32 there. Linux only; elsewhere False."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

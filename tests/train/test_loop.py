@@ -155,3 +155,15 @@ def test_bf16_autocast_tracks_fp32_and_fp16_needs_a_gpu(tmp_path: Path) -> None:
     with pytest.raises(ScratchlmError, match="fp16 needs a GPU"):
         train(cfg(tmp_path / "fp16", precision="fp16"), tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
     assert not (tmp_path / "fp16").exists()
+
+
+def test_auto_precision_is_bf16_on_cpus_with_hardware_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 trained the README's runs faster with the same loss curve (benchmarks/cpu_precision.py) on a CPU with
+    AVX512-BF16; without hardware bf16 it only converts, so auto stays fp32 there. Explicit choices are kept."""
+    from scratchlm.train import loop
+
+    cpu = torch.device("cpu")
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        assert loop.resolve_precision("auto", cpu) == want
+        assert loop.resolve_precision("fp32", cpu) == "fp32" and loop.resolve_precision("bf16", cpu) == "bf16"

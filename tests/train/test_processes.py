@@ -72,7 +72,7 @@ def test_sigterm_at_a_random_step_then_resume_equals_straight_run(tmp_path: Path
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path, mirror: Path) -> None:
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path, mirror: Path, free_port) -> None:  # noqa: ANN001
     """The real command and the real TokenLoader: `torchrun --nproc_per_node 2 -m scratchlm pretrain` at
     micro-batch b against one process accumulating 2 micro-batches of b (same global batch)."""
     from scratchlm.cli.main import main
@@ -85,10 +85,11 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path: Path, m
         "--micro-batch-size", str(b), "--global-batch-tokens", str(2 * b * T), "--model.context-length", str(T),
         "--model.n-layer", "2", "--model.d-model", "32", "--model.n-head", "2", "--model.d-ff", "64",
         "--warmup-steps", "2", "--log-every", "1", "--eval-batches", "1", "--no-progress", "--sample-at-end", "0",
+        "--precision", "fp32",  # equal to 1e-6 is an fp32 property; `auto` is bf16 on CPUs with hardware bf16
     ]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     two = subprocess.run(
-        ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), "-m", "scratchlm",
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "scratchlm",
          *common, "--out", str(tmp_path / "two")],
         env=ENV, capture_output=True, text=True, timeout=300,
     )

@@ -69,7 +69,8 @@ class TrainConfig:
 
     # ---- speed and memory
     precision: str = "auto"
-    """fp32, bf16 (autocast), fp16 (autocast + grad scaler) or auto (bf16 on CUDA when supported, else fp32)."""
+    """fp32, bf16 (autocast), fp16 (autocast + grad scaler) or auto (bf16 on CUDA GPUs and CPUs with hardware bf16,
+    AVX512-BF16 or AMX; else fp32)."""
     compile: bool = False
     """torch.compile the model (worth it on GPUs; off by default because compiling costs minutes on CPU)."""
     activation_checkpointing: bool = False

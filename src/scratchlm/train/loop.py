@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from scratchlm.dataclass_io import to_dict
+from scratchlm.device import cpu_has_native_bf16
 from scratchlm.errors import ScratchlmError
 from scratchlm.fs import atomic_write_text, ensure_writable_dir
 from scratchlm.model import onednn
@@ -219,8 +220,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast on CUDA GPUs that support it and on CPUs that multiply bf16 in hardware, else fp32.
+    On this project's 2-core AVX512-BF16 CPU bf16 trained the README's gpt2-tiny run 1.75x and the quickstart
+    1.11x faster than fp32, with the same loss curves (benchmarks/cpu_precision.py, docs/train.md)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise ScratchlmError("--precision fp16 needs a GPU (the grad scaler is CUDA-only); use bf16 or fp32 on CPU")
     return precision
