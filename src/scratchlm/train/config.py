@@ -17,6 +17,7 @@ from scratchlm.errors import ConfigError
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adamw", "muon")
 MAX_LR = 1.0
 """Larger AdamW learning rates are typos (1e6 for 1e-6): refused with a pointer to typical values."""
 
@@ -66,6 +67,13 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
+    optimizer: str = "adamw"
+    """adamw, or muon: Muon (torch.optim.Muon, torch >= 2.9) for the 2-D weights inside the blocks, AdamW (--lr)
+    for embeddings, the head, norms and biases."""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (its groups follow the same warm-up and decay, scaled by --muon-lr / --lr)."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum."""
 
     # ---- speed and memory
     precision: str = "auto"
@@ -147,6 +155,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
         if self.resume is not None and self.resume == "":
             raise ConfigError("--resume needs `auto` or a checkpoint path")
 
@@ -172,6 +182,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must lie in [0, 1) (typical: 0.9 and 0.95), got {getattr(self, name)}")
         if not 0 < self.eps <= 1:
             raise ConfigError(f"--eps must lie in (0, 1] (typical: 1e-8), got {self.eps}")
+        if not (math.isfinite(self.muon_lr) and 0 < self.muon_lr <= 1):
+            raise ConfigError(f"--muon-lr must lie in (0, 1] (typical: 0.02), got {self.muon_lr}")
+        if not (math.isfinite(self.muon_momentum) and 0 <= self.muon_momentum < 1):
+            raise ConfigError(f"--muon-momentum must lie in [0, 1) (typical: 0.95), got {self.muon_momentum}")
         if self.grad_clip < 0:
             raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.spike_zscore <= 0:

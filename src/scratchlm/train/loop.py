@@ -302,7 +302,8 @@ class Trainer:
             self.total_steps = math.ceil(cfg.max_tokens / self.tokens_per_step)
 
         self.optimizer = build_optimizer(
-            self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type
+            self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
+            optimizer=cfg.optimizer, muon_lr=cfg.muon_lr, muon_momentum=cfg.muon_momentum,
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -380,6 +381,9 @@ class Trainer:
         if ts is None:
             raise ScratchlmError(f"{path} has no train_state/ (weights only); resume from a checkpoint of a run")
         state = ts.to_nested()
+        if set(state["optimizer"]) == {"muon", "adamw"} and self.cfg.optimizer != "muon":
+            raise ScratchlmError(f"{path} was trained with --optimizer muon: resume it with --optimizer muon "
+                                 "(or start AdamW from its weights with --checkpoint, without --resume)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens, self.lr_scale = state["step"], state["tokens"], state["lr_scale"]
         self.guard.load_state_dict(state["guard"])

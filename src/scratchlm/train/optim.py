@@ -1,4 +1,5 @@
-"""AdamW with weight decay on matrices only, and the learning-rate schedules (pure functions of the step).
+"""AdamW with weight decay on matrices only (or Muon for the blocks' matrices), and the learning-rate schedules
+(pure functions of the step).
 
 Why decay only matrices: weight decay pulls weights towards zero to regularise the linear maps (and embeddings);
 doing that to biases, LayerNorm/RMSNorm gains or other vectors only shifts or shrinks activations, which hurts and
@@ -42,8 +43,13 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     device_type: str,
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, fused into one kernel per step where this torch build supports it.
+    *,
+    optimizer: str = "adamw",
+    muon_lr: float = 0.02,
+    muon_momentum: float = 0.95,
+) -> torch.optim.Optimizer | MuonWithAdamW:
+    """AdamW over `param_groups`, fused into one kernel per step where this torch build supports it; or, with
+    `optimizer="muon"`, `MuonWithAdamW`.
 
     Fused and foreach AdamW compute the same update; fused is faster on CUDA and (recent torch) on CPU.
     """
@@ -53,10 +59,80 @@ def build_optimizer(
             "the model has no trainable parameters (every weight is frozen); choose what trains (e.g. --train last "
             "or --lora.rank 8)"
         )
+    if optimizer == "muon":
+        return MuonWithAdamW(module, lr, weight_decay, betas, eps, device_type, muon_lr, muon_momentum)
+    return _adamw(groups, lr, betas, eps, device_type)
+
+
+def _adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], eps: float,
+           device_type: str) -> torch.optim.AdamW:
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cuda", "cpu", "mps"))
     except (RuntimeError, TypeError):  # an older build or a device without the fused kernel
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def is_muon_matrix(name: str, p: torch.Tensor) -> bool:
+    """Muon's parameters: the 2-D weights inside the Transformer blocks (attention and MLP projections).
+
+    Muon orthogonalises each update, which suits hidden linear maps; embeddings and the output head are lookups
+    and a classifier rather than maps between hidden spaces (Jordan et al. 2024 keep them on AdamW, as do the
+    speedruns), vectors have nothing to orthogonalise, and LoRA's factors are left to AdamW too."""
+    return p.dim() == 2 and ".blocks." in f".{name}" and "lora" not in name
+
+
+class MuonWithAdamW:
+    """Muon for the blocks' matrices and AdamW for the rest, stepped as one optimizer.
+
+    It offers what the loop and `torch.amp.GradScaler` use of an optimizer: `param_groups` (Muon's first, each
+    group a live dict, so `set_lr` reaches them), `step`, `zero_grad`, `state_dict` and `load_state_dict`. Muon's
+    groups carry `lr_ratio` = muon_lr / lr: the one schedule drives both learning rates.
+    """
+
+    def __init__(self, module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
+                 device_type: str, muon_lr: float, muon_momentum: float) -> None:
+        if not hasattr(torch.optim, "Muon"):
+            raise ScratchlmError(f"--optimizer muon needs torch >= 2.9 (torch.optim.Muon); this is torch "
+                                 f"{torch.__version__}: upgrade torch or use --optimizer adamw")
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        matrices = [p for n, p in trainable if is_muon_matrix(n, p)]
+        if not matrices:
+            raise ScratchlmError("--optimizer muon found no trainable 2-D weights inside the blocks (only "
+                                 "embeddings, heads, norms or LoRA factors train); use --optimizer adamw")
+        taken = {id(p) for p in matrices}
+        rest = nn.ParameterList([p for _, p in trainable if id(p) not in taken])
+        self.muon = torch.optim.Muon(
+            [{"params": matrices, "name": "muon", "lr_ratio": muon_lr / lr}],
+            lr=muon_lr, weight_decay=weight_decay, momentum=muon_momentum, nesterov=True,
+        )
+        self.adamw = _adamw(param_groups(rest, weight_decay), lr, betas, eps, device_type) if len(rest) else None
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.muon, self.adamw) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise ScratchlmError("this checkpoint's optimizer state is AdamW's: resume it with --optimizer adamw "
+                                 "(or start Muon from its weights with --checkpoint, without --resume)")
+        self.muon.load_state_dict(state["muon"])
+        if self.adamw is not None:
+            self.adamw.load_state_dict(state["adamw"])
 
 
 def lr_at(
@@ -98,6 +174,7 @@ def lr_at(
     raise AssertionError(f"unknown schedule {schedule}")  # TrainConfig validates the name
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer | MuonWithAdamW, lr: float) -> None:
+    """The schedule's learning rate on every group (times the group's `lr_ratio`: Muon's own peak)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
