@@ -26,6 +26,8 @@ class _EvalRun:
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
     dtype: str = "auto"
     """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales) for the model evaluated."""
     json: bool = False
     """Print one JSON object instead of a table."""
     out: Path | None = None
@@ -95,10 +97,15 @@ def _steps(checkpoint: Path, all_steps: bool) -> list[tuple[int | None, Path]]:
     return [(int(p.name.split("_", 1)[1]), p) for p in steps]
 
 
-def _load(step_dir: Path, device: Any) -> tuple[Any, Any]:
+def _load(step_dir: Path, device: Any, int8: bool = False) -> tuple[Any, Any]:
     from scratchlm import checkpoint
 
-    return checkpoint.load(step_dir, device=device)
+    model, tok = checkpoint.load(step_dir, device=device)
+    if int8:
+        from scratchlm.model.quant import quantize_int8
+
+        quantize_int8(model)
+    return model, tok
 
 
 def _plot_path(plot: Path | None, out: Path | None, stem: str) -> Path | None:
@@ -152,7 +159,7 @@ def perplexity(argv: list[str], prog: str) -> int:
     device = _device(cfg.device)
     rows = []
     for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
-        model, tok = _load(folder, device)
+        model, tok = _load(folder, device, cfg.int8)
         context = cfg.context or model.config.context_length
         stride = cfg.stride or max(context // 2, 1)
         r = perplexity_of_text(model, tok, text, context, stride, cfg.batch_size, device, cfg.dtype, cfg.progress)
@@ -188,7 +195,7 @@ def mc(argv: list[str], prog: str) -> int:
     device = _device(cfg.device)
     rows, details = [], []
     for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
-        model, tok = _load(folder, device)
+        model, tok = _load(folder, device, cfg.int8)
         r = evaluate_mc(model, tok, task.items, task.pool, cfg.shots, cfg.seed, cfg.limit, cfg.batch_size, device,
                         cfg.dtype, task.name, progress=True, item_pools=task.item_pools)
         row = {"checkpoint": str(folder), **r.summary()}
@@ -230,6 +237,8 @@ class JudgeConfig:
     """The JSON report, rewritten after every item; an existing report for the same data is resumed."""
     limit: int = 0
     """Judge only the first N instructions (0: all)."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales) for the model whose responses are judged."""
     max_new_tokens: int = 256
     """Longest response generated per instruction."""
     temperature: float = 0.0
@@ -260,7 +269,7 @@ def _responder(folder: Path, device: Any, cfg: JudgeConfig) -> Any:
     from scratchlm.generate.chat import chat_prompt
     from scratchlm.tokenizer.chat import ChatTemplate
 
-    model, tok = _load(folder, device)
+    model, tok = _load(folder, device, cfg.int8)
     template = ChatTemplate.from_config(load_config(folder).get("chat_template"))
 
     def respond(record: dict[str, str]) -> str:

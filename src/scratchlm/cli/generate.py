@@ -36,6 +36,8 @@ class GenerateConfig(SampleConfig):
     finetuned with a template gets the prompt as one user turn and stops where the assistant's turn ends."""
     device: str = "auto"
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales): 4x smaller weights, faster memory-bound decoding."""
     compile: bool = False
     """Compile the decode step with torch.compile (same tokens; pays off on a GPU and for long outputs; the
     first call compiles for a while)."""
@@ -56,6 +58,8 @@ class ChatConfig(SampleConfig):
     """A system message that starts the conversation (kept when old turns are dropped)."""
     device: str = "auto"
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales): 4x smaller weights, faster memory-bound decoding."""
     compile: bool = False
     """Compile the decode step with torch.compile (same replies; the first turn compiles for a while)."""
 
@@ -65,14 +69,19 @@ def sample_config(cfg: SampleConfig) -> SampleConfig:
     return SampleConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig)})
 
 
-def load_for_generation(path: Path, device: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, config.json) of a language-model checkpoint; LoRA adapters are merged in."""
+def load_for_generation(path: Path, device: str, int8: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, config.json) of a language-model checkpoint; LoRA adapters are merged in; `int8`:
+    weight-only int8 linear layers (`scratchlm.model.quant`)."""
     from scratchlm import checkpoint
     from scratchlm.device import resolve_device
 
     loaded = checkpoint.read(path, resolve_device(device), expect="lm")
     model, tok, config = loaded.model, loaded.tokenizer, loaded.config
     model.requires_grad_(False)
+    if int8:
+        from scratchlm.model.quant import quantize_int8
+
+        quantize_int8(model)
     return model.eval(), tok, config
 
 
@@ -97,7 +106,7 @@ def generate(argv: list[str], prog: str) -> int:
     sample = sample_config(cfg)
     if cfg.stream and sample.n > 1:
         raise ScratchlmError("--stream prints one sample; drop --stream or use --n 1")
-    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device, cfg.int8)
     ids: str | list[int] = prompt
     stop_ids = None  # None: the tokenizer's end-of-text
     if "chat_template" in config and not cfg.raw:
@@ -133,7 +142,7 @@ def chat(argv: list[str], prog: str) -> int:
 
     cfg = parse(ChatConfig, argv, prog)
     sample = dataclasses.replace(sample_config(cfg), n=1)
-    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device, cfg.int8)
     template = ChatTemplate.from_config(config.get("chat_template"))
     context = model.config.context_length
     reserve = min(sample.max_new_tokens, context // 2)  # room kept for the reply when trimming history

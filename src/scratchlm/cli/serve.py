@@ -46,6 +46,8 @@ class ServeConfig:
     """Largest request body (MiB); bigger ones get 413 before they are read."""
     device: str = "auto"
     """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales): 4x smaller weights, faster memory-bound decoding."""
     compile: bool = False
     """Compile the decode step with torch.compile before serving (same tokens; faster steps on a GPU)."""
     log_level: str = "info"
@@ -132,7 +134,7 @@ def serve(argv: list[str], prog: str) -> int:
 
     cfg = parse(ServeConfig, argv, prog)
     _check_port_free(cfg.host, cfg.port)
-    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device)
+    model, tok, config = load_for_generation(cfg.checkpoint, cfg.device, cfg.int8)
     max_len, cache_line = cache_len(cfg, model)
     name = cfg.model_name or cfg.checkpoint.resolve().name
     if cfg.compile:

@@ -29,6 +29,7 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Linear, RMSNorm, make_mlp, make_norm, rope_cos_sin, rope_inv_freq
 from scratchlm.model.loss import full_cross_entropy, linear_cross_entropy
+from scratchlm.model.quant import Int8Linear
 from scratchlm.model.sizing import check_fits_in_memory
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")  # write into the residual stream: scaled init
@@ -139,6 +140,8 @@ class GPT(nn.Module):
         head = self.lm_head
         if type(head) in (Linear, nn.Linear):
             return linear_cross_entropy(hidden, head.weight, targets, head.bias, reduction=reduction)
+        if isinstance(head, Int8Linear):  # dequantized once per call: still no (..., V) logits
+            return linear_cross_entropy(hidden, head.dequantize(), targets, head.bias, reduction=reduction)
         return full_cross_entropy(head(hidden), targets, reduction=reduction)
 
     def hidden_states(
