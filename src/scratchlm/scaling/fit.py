@@ -393,7 +393,7 @@ def _minimize(
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
+            options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9},
         )
         if np.all(np.isfinite(res.x)) and res.fun < best_value:
             best, best_value = res.x, float(res.fun)
@@ -449,7 +449,7 @@ def fit_approach3(
         samples = []
         for _ in range(bootstrap):
             idx = rng.integers(0, len(runs), size=len(runs))
-            t, _ = solve(idx, theta, 3)
+            t, _ = solve(idx, theta, 1)  # from the full table's optimum and the resample's best grid point
             e, a_, b_, al, be = math.exp(t[2]), math.exp(t[0]), math.exp(t[1]), t[3], t[4]
             share = be / (al + gamma * be) if al + gamma * be > 0 else float("nan")
             samples.append((e, a_, b_, al, be, share, 1 - gamma * share))
