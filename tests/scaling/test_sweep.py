@@ -269,7 +269,7 @@ def test_fit_command_writes_the_law_and_plots(tmp_path: Path, capsys: pytest.Cap
         ["scaling", "fit", str(folder), "--predict", "5.76e23", "--bootstrap", "10"], capsys
     )
     assert code == 0, err
-    assert "N_opt ~ C^a: a = 0.4" in out and "Kaplan et al. 2020   0.73   0.27" in out
+    assert "N_opt ~ C^a: a = 0.4" in out and "Kaplan et al. 2020        0.73   0.27" in out
     assert "predicted for C = 5.76e+23 FLOPs" in out
     for name in ("fit.json", "isoflop.png", "frontier.png"):
         assert (folder / name).stat().st_size > 1000 or name == "fit.json"

@@ -10,6 +10,7 @@ isoflop.png and frontier.png into the sweep folder.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def sweep(argv: list[str], prog: str) -> int:
 
     cfg = parse(SweepConfig, argv, prog)
     outcome = run_sweep(cfg)
-    if cfg.dry_run:
+    if cfg.dry_run or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     if outcome.results:
         print(format_results(outcome.results))

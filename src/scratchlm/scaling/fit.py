@@ -232,6 +232,11 @@ def _parabola_minima(
     return xs, ys, coefs
 
 
+def _near(minima: list[float], x: np.ndarray, groups: list[np.ndarray], reach: float = math.log(100)) -> bool:
+    """Every group's minimum within a factor 100 of the sizes (or tokens) it was fitted on."""
+    return all(x[i].min() - reach <= m <= x[i].max() + reach for m, i in zip(minima, groups))
+
+
 def _power_law(c: np.ndarray, v: np.ndarray) -> tuple[float, float]:
     """(exponent, coefficient) of v = k c^p by least squares on the logs."""
     p, log_k = np.polyfit(np.log(c), np.log(v), 1)
@@ -283,8 +288,8 @@ def fit_approach2(runs: Sequence[Run], bootstrap: int = 1000, ci: float = 0.95, 
         for _ in range(bootstrap):
             y = fitted + rng.choice(resid, size=len(resid), replace=True)
             fn, fd = _parabola_minima(ln_n, y, idx), _parabola_minima(ln_d, y, idx)
-            if fn is None or fd is None:
-                continue
+            if fn is None or fd is None or not (_near(fn[0], ln_n, idx) and _near(fd[0], ln_d, idx)):
+                continue  # a resample whose parabola opens downward or is nearly flat has no usable minimum
             samples.append((_power_law(budgets, np.exp(fn[0]))[0], _power_law(budgets, np.exp(fd[0]))[0]))
         if len(samples) >= max(10, bootstrap // 2):
             arr = np.array(samples)
@@ -295,6 +300,11 @@ def fit_approach2(runs: Sequence[Run], bootstrap: int = 1000, ci: float = 0.95, 
             notes.append(
                 f"only {len(samples)} of {bootstrap} bootstrap resamples kept a minimum in every budget: "
                 "no interval for a and b"
+            )
+        if samples and len(samples) < bootstrap:
+            notes.append(
+                f"{bootstrap - len(samples)} of {bootstrap} bootstrap resamples found no minimum within 100x of the "
+                "sizes trained in some budget and were left out: the interval is optimistic"
             )
     elif dof <= 0:
         notes.append(
@@ -504,10 +514,10 @@ def format_fit(result: ScalingFit) -> str:
         lines.append(f"  {name:5} = {value:{fmt}} {pct} {_interval(a3.ci.get(name), fmt)}")
     flops = "6N" if (a3.flops_c, a3.flops_gamma) == (6.0, 1.0) else f"{a3.flops_c:.3g} N^{a3.flops_gamma:.3f}"
     lines.append(f"  (a = beta / (alpha + gamma beta), b = 1 - gamma a, FLOPs per token {flops})")
-    lines.append("published:            a      b")
-    lines.append(f"  Kaplan et al. 2020   {KAPLAN['a']:.2f}   {KAPLAN['b']:.2f}")
+    lines.append(f"{'published:':<28}{'a':>4}{'b':>7}")
+    lines.append(f"  {'Kaplan et al. 2020':<26}{KAPLAN['a']:.2f}   {KAPLAN['b']:.2f}")
     for name, v in CHINCHILLA.items():
-        lines.append(f"  Chinchilla, {name}  {v['a']:.2f}   {v['b']:.2f}")
+        lines.append(f"  {'Chinchilla, ' + name:<26}{v['a']:.2f}   {v['b']:.2f}")
     law = CHINCHILLA_LAW
     lines.append(
         f"  Chinchilla's approach 3 law: E {law['E']}, A {law['A']}, B {law['B']}, alpha {law['alpha']}, "

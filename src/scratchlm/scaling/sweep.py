@@ -332,7 +332,8 @@ def run_spec(config: SweepConfig, run: PlannedRun, vocab_size: int) -> dict[str,
 
 
 def train_run(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """Train one run of the sweep through the one training loop; its result row, or None when stopped by a signal.
+    """Train one run of the sweep through the one training loop: its result row (an empty one on a torchrun rank
+    other than 0), or None when a signal stopped it.
 
     A top-level function of plain data, so a `spawn` worker process can run it.
     """
@@ -342,7 +343,7 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any] | None:
     from scratchlm.model import GPT
     from scratchlm.scaling.family import member
     from scratchlm.train.config import TrainConfig
-    from scratchlm.train.loop import seed_everything, train
+    from scratchlm.train.loop import Trainer, seed_everything
     from scratchlm.train.modes.pretrain import PretrainMode
 
     run = PlannedRun(**spec["run"])
@@ -351,13 +352,16 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any] | None:
     if spec["device"] in ("auto", "cpu"):
         torch.set_num_threads(spec["threads"])
     data, out = Path(spec["data"]), Path(spec["out"])
+    # under torchrun the processes share each step's batch, so every run keeps the planned tokens per step
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     model_config = member(family, run.depth, spec["vocab_size"])
     cfg = TrainConfig(
         out=out,
         resume="auto",
         seed=s.seed,
         device=spec["device"],
-        micro_batch_size=s.micro_batch_size,
+        micro_batch_size=s.micro_batch_size // world,
+        global_batch_tokens=s.micro_batch_size * family.context_length if world > 1 else None,
         max_steps=run.steps,
         lr=s.lr,
         min_lr=s.lr * s.min_lr_ratio,
@@ -387,9 +391,13 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any] | None:
         "sample_at_end": 0,
     }
     started = time.perf_counter()
-    result = train(cfg, mode, model, tokenizer, run_config=run_config)
-    if result.stopped in ("SIGINT", "SIGTERM") or int(os.environ.get("RANK", "0")) != 0:
+    # the loop's Trainer rather than `train()`, which also ends the torchrun process group: a sweep keeps one
+    # group for all its runs (destroying and re-creating it in one process can hang), `sweep` ends it
+    result = Trainer(cfg, mode, model, tokenizer, run_config=run_config).run()
+    if result.stopped in ("SIGINT", "SIGTERM"):
         return None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}  # under torchrun rank 0 writes the result
     if result.val_loss is None or not math.isfinite(result.val_loss):
         raise ScratchlmError(
             f"run {run.name} ended without a finite validation loss ({result.val_loss}); "
@@ -472,12 +480,21 @@ def sweep(config: SweepConfig) -> SweepOutcome:
         total = sum(r.compute for r in runs)
         _print(f"{len(runs)} runs, {total:.3g} training FLOPs in all ({config.run.flops} convention)")
         return SweepOutcome(runs, [], [], [])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.run.micro_batch_size % world:
+        raise ScratchlmError(
+            f"--run.micro-batch-size {config.run.micro_batch_size} is not a multiple of the {world} torchrun "
+            "processes, which share each step's batch; pass a multiple of the process count"
+        )
     check_sweep_folder(config, fingerprint)
     done = {r.name for r in runs if (config.out / RUNS_DIR / r.name / RESULT_FILE).is_file()}
     todo = [r for r in runs if r.name not in done]
     if int(os.environ.get("RANK", "0")) == 0:
-        (config.out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        # sweep.json before runs/: under torchrun the other ranks check the folder meanwhile, and a folder
+        # holding only runs/ is not a sweep yet
+        config.out.mkdir(parents=True, exist_ok=True)
         write_sweep_file(config, fingerprint)
+        (config.out / RUNS_DIR).mkdir(exist_ok=True)
     epochs = max((r.tokens for r in runs), default=0) / max(fingerprint["train_tokens"], 1)
     _print(
         f"sweep {config.out}: {len(runs)} runs ({len(done)} finished, {len(todo)} to train), "
@@ -495,7 +512,8 @@ def sweep(config: SweepConfig) -> SweepOutcome:
                 interrupted = True
                 break
             trained.append(spec["name"])
-            _report(i, len(specs), row)
+            if row:
+                _report(i, len(specs), row)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -510,6 +528,10 @@ def sweep(config: SweepConfig) -> SweepOutcome:
                     continue
                 trained.append(futures[future])
                 _report(i, len(specs), row)
+    if world > 1:
+        from scratchlm.train.distributed import shutdown_distributed
+
+        shutdown_distributed()
     results = collect(config.out) if int(os.environ.get("RANK", "0")) == 0 else []
     if results:
         write_csv(config.out, results)
