@@ -221,6 +221,8 @@ def test_sizes_that_do_not_fit_the_budget(
     )
     code, _, err = _cli([*argv[:-1], "1.4k,1.5k,8k"], capsys)
     assert "name only 2 distinct family members" in _one_line_error(code, err)
+    code, _, err = _cli([*argv[:-1], "1.4k,8k"], capsys)
+    assert "--sizes names 2 size(s); a parabola per budget needs at least 3" in _one_line_error(code, err)
     code, _, err = _cli([*argv[:-1], "big"], capsys)
     assert "--sizes 'big' is not a positive number" in _one_line_error(code, err)
     assert not (tmp_path / "s").exists()

@@ -217,6 +217,11 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
                 f"--sizes {shown} name only {len(depths)} distinct family members (depths "
                 f"{', '.join(map(str, depths))}); pass sizes further apart (see --dry-run for the members' sizes)"
             )
+        if len(depths) < 3:
+            raise ScratchlmError(
+                f"--sizes names {len(depths)} size(s); a parabola per budget needs at least 3: pass 3 or more "
+                "(or --sizes auto)"
+            )
     for budget in budgets:
         if explicit:
             chosen = [_candidate(config, budget, d, vocab_size) for d in depths]
