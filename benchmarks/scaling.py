@@ -52,7 +52,7 @@ def main() -> None:
     sweep_cmd = [sys.executable, "-m", "scratchlm", "scaling", "sweep", "--data", str(data),
                  "--budgets", args.budgets, "--per-budget", str(args.per_budget), "--workers", str(args.workers),
                  "--out", str(args.out), *FAMILY]
-    fit_cmd = [sys.executable, "-m", "scratchlm", "scaling", "fit", str(args.out), "--predict", str(args.predict)]
+    fit_cmd = [sys.executable, "-m", "scratchlm", "scaling", "fit", str(args.out), "--predict", f"{args.predict:g}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sweep_out, sweep_wall = run(sweep_cmd, log=args.out.parent / f"{args.out.name}-sweep.log")
     fit_out, fit_wall = run(fit_cmd)

@@ -38,7 +38,8 @@ def plot_isoflop(runs: Sequence[Run], result: ScalingFit, path: Path) -> None:
         group = [r for r in runs if r.budget == budget]
         n = np.array([r.n_params for r in group])
         ax.scatter(n, [r.loss for r in group], color=color, s=18, label=f"C = {budget:.2g}")
-        x = np.linspace(np.log(n.min()) - 0.2, np.log(n.max()) + 0.2, 100)
+        lo, hi = min(np.log(n.min()), np.log(n_opt)), max(np.log(n.max()), np.log(n_opt))  # reach the star
+        x = np.linspace(lo - 0.2, hi + 0.2, 100)
         ax.plot(np.exp(x), c2 * x * x + c1 * x + c0, color=color, linewidth=1)
         ax.scatter(
             [n_opt], [l_opt], color=color, marker="*", s=120, edgecolor="black", linewidth=0.5, zorder=3
