@@ -49,10 +49,34 @@ def main() -> None:
 
     t0 = time.perf_counter()
     data = prepare_embedded_corpus(args.out.parent / f"{args.out.name}-data")
-    sweep_cmd = [sys.executable, "-m", "scratchlm", "scaling", "sweep", "--data", str(data),
-                 "--budgets", args.budgets, "--per-budget", str(args.per_budget), "--workers", str(args.workers),
-                 "--out", str(args.out), *FAMILY]
-    fit_cmd = [sys.executable, "-m", "scratchlm", "scaling", "fit", str(args.out), "--predict", f"{args.predict:g}"]
+    sweep_cmd = [
+        sys.executable,
+        "-m",
+        "scratchlm",
+        "scaling",
+        "sweep",
+        "--data",
+        str(data),
+        "--budgets",
+        args.budgets,
+        "--per-budget",
+        str(args.per_budget),
+        "--workers",
+        str(args.workers),
+        "--out",
+        str(args.out),
+        *FAMILY,
+    ]
+    fit_cmd = [
+        sys.executable,
+        "-m",
+        "scratchlm",
+        "scaling",
+        "fit",
+        str(args.out),
+        "--predict",
+        f"{args.predict:g}",
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sweep_out, sweep_wall = run(sweep_cmd, log=args.out.parent / f"{args.out.name}-sweep.log")
     fit_out, fit_wall = run(fit_cmd)
@@ -68,7 +92,9 @@ def main() -> None:
     print(f"{'sweep':<24} {sweep_wall:>8.1f}")
     print(f"{'fit (+ plots)':<24} {fit_wall:>8.1f}")
     print(f"{'total':<24} {total:>8.1f}")
-    print(f"target: total under 1800 s on 2 CPU cores; plots: {args.out / 'isoflop.png'}, {args.out / 'frontier.png'}")
+    print(
+        f"target: total under 1800 s on 2 CPU cores; plots: {args.out / 'isoflop.png'}, {args.out / 'frontier.png'}"
+    )
 
 
 if __name__ == "__main__":
