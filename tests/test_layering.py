@@ -20,6 +20,11 @@ FORBIDDEN = {
     "scratchlm.generate": ["scratchlm.data", "scratchlm.train", "scratchlm.cli"],
     "scratchlm.eval": ["scratchlm.train", "scratchlm.cli"],
     "scratchlm.serve": ["scratchlm.train", "scratchlm.data", "scratchlm.cli"],
+    "scratchlm.scaling.sweep": ["scratchlm.serve", "scratchlm.cli"],
+    # fitting a finished sweep is arithmetic on its table: no torch
+    "scratchlm.scaling.fit": ["torch", "scratchlm.cli"],
+    "scratchlm.scaling.plots": ["torch", "scratchlm.cli"],
+    "scratchlm.scaling.results": ["torch", "scratchlm.cli"],
 }
 
 

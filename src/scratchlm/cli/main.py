@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert to-hf": ("scratchlm.cli.convert:to_hf", "scratchlm checkpoint -> Hugging Face folder"),
     "data prepare": ("scratchlm.cli.data:prepare", "clean, de-duplicate and tokenize text into shards"),
     "pretrain": ("scratchlm.cli.train:pretrain", "train a model from scratch on token shards"),
+    "scaling sweep": ("scratchlm.cli.scaling:sweep", "IsoFLOP sweep: train model sizes per compute budget"),
+    "scaling fit": ("scratchlm.cli.scaling:fit", "fit scaling laws (Chinchilla approaches 2 and 3) to a sweep"),
     "finetune classify": ("scratchlm.cli.finetune:classify", "finetune a text classifier"),
     "finetune sft": ("scratchlm.cli.finetune:sft", "instruction-tune a model"),
     "finetune dpo": ("scratchlm.cli.finetune:dpo", "preference-tune a model with DPO"),

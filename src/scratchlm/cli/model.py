@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class InfoCommand:
     """Sequence length for FLOPs and activations (default: the model's context_length)."""
     precision: str = "fp32"
     """fp32, or bf16/fp16 (mixed precision: fp32 weights, grads and AdamW; 16-bit activations and KV cache)."""
+    budget: float | None = None
+    """A compute budget in training FLOPs: print the compute-optimal parameters and tokens for it (the
+    20-tokens-per-parameter rule of thumb, or with --law the law fitted to your own sweep)."""
+    law: Path | None = None
+    """A sweep folder fitted by `scratchlm scaling fit` (its fit.json): answer --budget with that law."""
 
 
 def info(argv: list[str], prog: str) -> int:
@@ -37,8 +43,15 @@ def info(argv: list[str], prog: str) -> int:
     from scratchlm.model.sizing import PRECISIONS, size
 
     cfg = parse(InfoCommand, argv, prog)
+    if cfg.law is not None and cfg.budget is None:
+        raise ScratchlmError("--law answers a compute budget: pass --budget FLOPS too (e.g. --budget 1e15)")
+    if cfg.budget is not None and not (math.isfinite(cfg.budget) and cfg.budget > 0):
+        raise ScratchlmError(f"--budget {cfg.budget} is not a positive number of FLOPs; e.g. --budget 1e15")
+    if cfg.preset is None and cfg.checkpoint is None and cfg.budget is not None:
+        print(_budget_answer(cfg.budget, cfg.law))
+        return 0
     if (cfg.preset is None) == (cfg.checkpoint is None):
-        raise ScratchlmError("name one model: --preset NAME (e.g. gpt2) or --checkpoint DIR")
+        raise ScratchlmError("name one model: --preset NAME (e.g. gpt2) or --checkpoint DIR (or only --budget)")
     if cfg.precision not in PRECISIONS:
         raise ScratchlmError(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     if cfg.batch < 1 or (cfg.context is not None and cfg.context < 1):
@@ -53,7 +66,18 @@ def info(argv: list[str], prog: str) -> int:
     config = from_dict(ModelConfig, fields, where=source).replace(**_overrides(cfg.set))
     s = size(config, batch=cfg.batch, context=cfg.context, precision=cfg.precision)
     print(format_info(s, source))
+    if cfg.budget is not None:
+        tokens = cfg.budget / s.train_flops_per_token
+        print(f"this model at {cfg.budget:.3g} FLOPs: {_si(tokens).strip()} tokens ({tokens / s.params.total:,.1f} per "
+              f"parameter, at {_si(s.train_flops_per_token)}FLOP/token)")
+        print(_budget_answer(cfg.budget, cfg.law))
     return 0
+
+
+def _budget_answer(budget: float, law: Path | None) -> str:
+    from scratchlm.scaling.fit import format_budget_answer, load_law
+
+    return format_budget_answer(budget, load_law(law) if law is not None else None, str(law))
 
 
 def _overrides(items: tuple[str, ...]) -> dict[str, object]:
