@@ -234,6 +234,10 @@ def run_pretrain(cmd: PretrainCommand) -> int:
     if cmd.sample_at_end and result.checkpoint is not None:
         from scratchlm.generate import generate
 
+        if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # sharded by --parallel: reload whole
+            from scratchlm import checkpoint
+
+            model, _ = checkpoint.load(result.checkpoint)
         model.eval()
         text = generate(model, tokenizer, cmd.sample_prompt, cmd.sample_at_end, temperature=0.8, top_k=200,
                         seed=cmd.seed)

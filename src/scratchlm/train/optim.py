@@ -42,10 +42,13 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     device_type: str,
-) -> torch.optim.AdamW:
+    shard_state: bool = False,
+) -> torch.optim.Optimizer:
     """AdamW over `param_groups`, fused into one kernel per step where this torch build supports it.
 
     Fused and foreach AdamW compute the same update; fused is faster on CUDA and (recent torch) on CPU.
+    `shard_state` (ZeRO-1, under torchrun): `ZeroRedundancyOptimizer` gives each process the AdamW moments of
+    its share of the parameters; it steps that share and broadcasts the updated parameters.
     """
     groups = param_groups(module, weight_decay)
     if not groups:
@@ -53,8 +56,14 @@ def build_optimizer(
             "the model has no trainable parameters (every weight is frozen); choose what trains (e.g. --train last "
             "or --lora.rank 8)"
         )
+    fused = device_type in ("cuda", "cpu", "mps")
+    if shard_state:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=lr, betas=betas, eps=eps,
+                                       fused=fused)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cuda", "cpu", "mps"))
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     except (RuntimeError, TypeError):  # an older build or a device without the fused kernel
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
