@@ -363,3 +363,54 @@ def stop_all(error: BaseException) -> None:
     traceback.print_exception(error, file=sys.stderr)
     sys.stderr.flush()
     os._exit(1)
+
+
+# ---- meta-device models -----------------------------------------------------------------------------------------
+
+
+def has_meta_params(module: nn.Module) -> bool:
+    return any(t.is_meta for t in [*module.parameters(), *module.buffers()])
+
+
+@torch.no_grad()
+def materialize_and_init(module: nn.Module, device: torch.device, seed: int) -> None:
+    """Allocate a module built on `meta` (and sharded) on `device` and initialise it exactly as
+    `torch.manual_seed(seed); GPT(config)` does in one process, holding at most one full parameter at a time.
+
+    The single-process build draws random numbers twice: each layer's constructor (`reset_parameters`, e.g.
+    nn.Linear's Kaiming init) in construction order, then `GPT.init_weights` over its modules. Both are replayed
+    module by module on a temporary full-size copy of that module's own parameters, of which this rank keeps
+    its shard. Every rank draws the same numbers, so the shards fit together. (A tied head is drawn twice, as in
+    one process: by its constructor and by `init_weights`, and the last draw wins.)
+    """
+    module.to_empty(device=device)
+    torch.manual_seed(seed)
+    for m in module.modules():  # registration order = construction order
+        if callable(getattr(m, "reset_parameters", None)) and next(m.parameters(recurse=False), None) is not None:
+            _on_full_params(m, m.reset_parameters, device)
+    for model in [m for m in module.modules() if callable(getattr(m, "init_module", None))]:
+        for name, m in model.named_modules():
+            _on_full_params(m, lambda model=model, name=name, m=m: model.init_module(name, m), device)
+    for m in module.modules():
+        if callable(getattr(m, "tie_weights", None)):
+            m.tie_weights()
+
+
+def _on_full_params(m: nn.Module, fn: Any, device: torch.device) -> None:
+    """Run `fn` with `m`'s own parameters swapped for full-size temporaries, then keep this rank's part."""
+    from torch.distributed.tensor import distribute_tensor
+
+    saved = dict(m.named_parameters(recurse=False))
+    for name, p in saved.items():
+        m._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device), p.requires_grad)
+    try:
+        fn()
+    finally:
+        for name, p in saved.items():
+            full = m._parameters[name].detach()
+            m._parameters[name] = p
+            if _is_dtensor(p):  # no communication: every rank holds the same full tensor
+                part = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+                p.to_local().copy_(part)
+            else:
+                p.copy_(full)

@@ -291,8 +291,12 @@ class Trainer:
                 f"run folder {self.out} already has checkpoints ({step_dirs(self.out)[-1].name}); "
                 "pass --resume auto to continue it, or choose another --out"
             )
-        # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device
-        self.module = mode.setup(model, tokenizer).to(self.device)
+        # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device;
+        # a model built on `meta` stays there until it is sharded (see below)
+        self.module = mode.setup(model, tokenizer)
+        on_meta = D.has_meta_params(self.module)
+        if not on_meta:
+            self.module.to(self.device)
         base_config = getattr(model, "config", None)
         self.model_config = to_dict(base_config) if base_config is not None else None
         self.accum = gradient_accumulation(cfg, mode.context_length, self.info.world_size)
@@ -306,6 +310,8 @@ class Trainer:
         # data parallelism first (the documented order), then the optimizer over the wrapped parameters
         self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing, cfg.parallel,
                               cfg.dp_shard, self.precision)
+        if on_meta:  # only now, sharded, does each rank allocate (its part) and initialise it
+            D.materialize_and_init(self.module, self.device, cfg.seed)
         self.optimizer = build_optimizer(
             self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
             shard_state=cfg.parallel == "zero1" and self.info.is_distributed,
