@@ -206,11 +206,7 @@ def materialize(skeleton: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modul
     """A plain module: a fresh copy of `skeleton` holding `state` (a full state dict), ties restored."""
     module = copy.deepcopy(skeleton)
     module.load_state_dict(state, assign=True)
-    for m in module.modules():
-        if m is not module and hasattr(m, "tie_weights"):
-            m.tie_weights()
-    if hasattr(module, "tie_weights"):
-        module.tie_weights()
+    _retie(module)  # assign=True gave the tied head and embedding separate tensors
     assert not any(t.is_meta for t in [*module.parameters(), *module.buffers()]), "a tensor was left on meta"
     return module
 
@@ -219,6 +215,7 @@ def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Collective (every rank calls it): the full state dict on CPU on rank 0, `{}` on the others."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    reshard(module)
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -226,6 +223,7 @@ def load_full_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> 
     """Collective: rank 0's full `state` into the (sharded) `module` on every rank (others pass `{}`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    reshard(module)
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
@@ -266,9 +264,10 @@ def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict
         if dist.get_rank() != 0:
             return {}
         return _by_names(optimizer.state_dict(), _ordered_names(module, optimizer))
-    if not any(_is_dtensor(p) for p in module.parameters()):
+    if not is_fsdp(module):
         # a replica: the whole state is local (and plain state_dict() is exact for an empty state too)
         return _by_names(optimizer.state_dict(), _ordered_names(module, optimizer))
+    reshard(module)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -282,12 +281,29 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
     names = _ordered_names(module, optimizer)
     if state["state"] and not isinstance(next(iter(state["state"])), str):  # index-keyed: the same param order
         state = _by_names(state, names)
-    if isinstance(optimizer, ZeroRedundancyOptimizer) or not any(_is_dtensor(p) for p in module.parameters()):
+    if isinstance(optimizer, ZeroRedundancyOptimizer) or not is_fsdp(module):
         optimizer.load_state_dict(_by_indices(state, names))
         return
+    reshard(module)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def is_fsdp(module: nn.Module) -> bool:
+    """Whether `fully_shard` was applied to `module` (its root)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def reshard(module: nn.Module) -> None:
+    """Back to the sharded parameters. A forward without backward (evaluation) under zero2
+    (`reshard_after_forward=False`) leaves the gathered ones registered, which `named_parameters()` would then
+    show instead of the DTensor shards that the optimizer holds."""
+    for m in module.modules():
+        if is_fsdp(m):
+            m.reshard()
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
@@ -384,6 +400,7 @@ def materialize_and_init(module: nn.Module, device: torch.device, seed: int) -> 
     one process: by its constructor and by `init_weights`, and the last draw wins.)
     """
     module.to_empty(device=device)
+    _retie(module)  # to_empty gives a plain module's tied parameter two new tensors (fully_shard keeps one)
     torch.manual_seed(seed)
     for m in module.modules():  # registration order = construction order
         if callable(getattr(m, "reset_parameters", None)) and next(m.parameters(recurse=False), None) is not None:
@@ -391,6 +408,9 @@ def materialize_and_init(module: nn.Module, device: torch.device, seed: int) -> 
     for model in [m for m in module.modules() if callable(getattr(m, "init_module", None))]:
         for name, m in model.named_modules():
             _on_full_params(m, lambda model=model, name=name, m=m: model.init_module(name, m), device)
+
+
+def _retie(module: nn.Module) -> None:
     for m in module.modules():
         if callable(getattr(m, "tie_weights", None)):
             m.tie_weights()

@@ -307,10 +307,12 @@ class Trainer:
 
         # a plain, memory-free copy to fill on rank 0 whenever a whole module is needed (save, samples, tasks)
         self.skeleton = D.meta_skeleton(self.module) if self.sharded else None
+        if on_meta and not self.sharded:  # replicas hold everything anyway (and DDP needs real tensors)
+            D.materialize_and_init(self.module, self.device, cfg.seed)
         # data parallelism first (the documented order), then the optimizer over the wrapped parameters
         self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing, cfg.parallel,
                               cfg.dp_shard, self.precision)
-        if on_meta:  # only now, sharded, does each rank allocate (its part) and initialise it
+        if on_meta and self.sharded:  # only now, sharded, does each rank allocate (its part) and initialise it
             D.materialize_and_init(self.module, self.device, cfg.seed)
         self.optimizer = build_optimizer(
             self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
@@ -508,6 +510,8 @@ class Trainer:
                     results.update(evaluate_tasks(module, self.tokenizer, list(self.cfg.eval_tasks), self.device))
         finally:
             self.module.train(was_training)
+            if self.sharded:
+                D.reshard(self.module)
         return results
 
     def sample(self) -> str | None:
