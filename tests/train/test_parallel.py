@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.model.config import load_preset_dict
@@ -89,7 +89,12 @@ def one_process(shards: Path) -> Path:
     from scratchlm.cli.main import main
 
     out = shards.parent / "one"
-    assert main([*common(shards), "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the tests that resume it (the autouse one-thread fixture is per test)
+    try:
+        assert main([*common(shards), "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -144,6 +149,34 @@ def test_fsdp_checkpoint_resumes_in_one_process(one_process: Path, fsdp_run: Pat
     loader = [json.loads((r / "step_000010" / "train_state" / "state.json").read_text())["ranks"][0]["loader"]
               for r in (one_process, run)]
     assert loader[0] == loader[1]
+
+
+def test_index_keyed_optimizer_state_still_resumes(one_process: Path, tmp_path: Path) -> None:
+    """Checkpoints written before names keyed the optimizer state by parameter index: they resume exactly."""
+    from scratchlm import checkpoint
+    from scratchlm.cli.main import main
+    from scratchlm.model import GPT
+    from scratchlm.train.optim import param_groups
+
+    run = tmp_path / "old"
+    shutil.copytree(one_process, run)
+    shutil.rmtree(run / "step_000010")
+    (run / "latest").write_text("step_000005\n")
+    step = run / "step_000005"
+    state = checkpoint.load_train_state(step).to_nested()
+    with torch.device("meta"):
+        model = GPT(checkpoint.load_model_config(step))
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in param_groups(model, 0.1) for p in g["params"]]
+    state["optimizer"] = D._by_indices(state["optimizer"], order)  # the old layout: optimizer.state_dict()
+    old = checkpoint.TrainState.from_nested(state)
+    save_file(old.tensors, str(step / "train_state" / "optimizer.safetensors"))
+    (step / "train_state" / "state.json").write_text(json.dumps(old.state))
+    assert isinstance(next(iter(checkpoint.load_train_state(step).to_nested()["optimizer"]["state"])), int)
+    assert main([*common(one_process.parent / "shards"), "--out", str(run), "--resume", "auto"]) == 0
+    a = load_file(str(one_process / "step_000010" / "model.safetensors"))
+    b = load_file(str(run / "step_000010" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.mark.slow
