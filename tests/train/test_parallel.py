@@ -255,3 +255,35 @@ def test_bad_dp_shard_is_one_line_error() -> None:
     with pytest.raises(Exception, match="--parallel 'zero3' is unknown"):
         TrainConfig(parallel="zero3")
     assert sys.modules["scratchlm.train.config"].PARALLEL == ("ddp", "zero1", "zero2", "fsdp", "hsdp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_sft_under_fsdp_equals_one_process(tmp_path: Path, lora: bool) -> None:
+    """`finetune sft` (a mode that loads a checkpoint; with LoRA, frozen base weights sharded beside trainable
+    adapters) at 2 fsdp processes == 1 process: losses within 1e-6, saved weights or adapters within 1e-5."""
+    from scratchlm import checkpoint
+    from scratchlm.cli.main import main
+    from scratchlm.tokenizer import CharTokenizer
+
+    mirror = Path(os.environ.get("SCRATCHLM_MIRROR", HERE.parent.parent / "data"))
+    pairs = json.loads((mirror / "instruction-data.json").read_text(encoding="utf-8"))[:64]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    tok = CharTokenizer.train([json.dumps(pairs, ensure_ascii=False), "\n<|>_#*"], special_tokens=["<|endoftext|>"])
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tok.vocab_size, context_length=128, n_layer=2, n_head=2, d_model=32, d_ff=64)
+    checkpoint.save(tmp_path / "base", GPT(config), tok)
+    args = ["finetune", "sft", "--checkpoint", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.json"),
+            "--val-fraction", "0.1", "--max-length", "64", "--micro-batch-size", "2", "--global-batch-tokens", "256",
+            "--max-steps", "4", "--warmup-steps", "1", "--eval-every", "2", "--eval-batches", "1", "--save-every", "0",
+            "--progress", "false", "--log-every", "1", *(["--lora-rank", "4"] if lora else [])]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun(2, ["-m", "scratchlm", *args, "--parallel", "fsdp", "--out", str(tmp_path / "two")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 4 and all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(l1, l2)), (l1, l2)
+    name = "adapters.safetensors" if lora else "model.safetensors"
+    w1, w2 = (load_file(str(tmp_path / r / "step_000004" / name)) for r in ("one", "two"))
+    assert sorted(w1) == sorted(w2)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0)
