@@ -22,7 +22,9 @@ from scratchlm.train import distributed as D
 SEED = 1234
 # ~28M parameters (113 MB in fp32) in many mid-sized matrices: the largest single one is 2.4M (9.4 MB), so a rank
 # that ever held the whole model would show it in its peak resident memory
-CONFIG = ModelConfig(vocab_size=256, context_length=64, n_layer=4, n_head=12, d_model=768, d_ff=3072, dropout=0.0)
+CONFIG = ModelConfig(
+    vocab_size=256, context_length=64, n_layer=4, n_head=12, d_model=768, d_ff=3072, dropout=0.0
+)
 
 
 def max_rss_bytes() -> int:
@@ -44,14 +46,20 @@ def main() -> None:
         D.materialize_and_init(model, info.device, SEED)
         D.wrap(model, info, compile=False, activation_checkpointing=False, parallel=parallel)
     grown = max_rss_bytes() - before
-    report = {"rank": info.rank, "full_numel": full_numel, "local_numel": D.local_numel(model), "rss_growth": grown,
-              "full_bytes": 4 * full_numel}
+    report = {
+        "rank": info.rank,
+        "full_numel": full_numel,
+        "local_numel": D.local_numel(model),
+        "rss_growth": grown,
+        "full_bytes": 4 * full_numel,
+    }
     state = D.full_model_state(model)
     if info.rank == 0:
         torch.manual_seed(SEED)
         reference = GPT(CONFIG).state_dict()
-        report["equal"] = sorted(state) == sorted(reference) and all(torch.equal(state[k], reference[k])
-                                                                       for k in reference)
+        report["equal"] = sorted(state) == sorted(reference) and all(
+            torch.equal(state[k], reference[k]) for k in reference
+        )
     (out / f"rank{info.rank}.json").write_text(json.dumps(report))
     dist.barrier()
     D.shutdown_distributed()

@@ -39,19 +39,65 @@ def common(shards: Path, accum_over: int = 2) -> list[str]:
     from scratchlm.data import shard_tokenizer
 
     return [
-        "pretrain", "--preset", "shakespeare-char", "--data", str(shards), "--max-steps", str(STEPS),
-        "--model.vocab-size", str(shard_tokenizer(shards).vocab_size),
-        "--micro-batch-size", str(B), "--global-batch-tokens", str(accum_over * B * T), "--model.context-length",
-        str(T), "--model.n-layer", "2", "--model.d-model", "32", "--model.n-head", "2", "--model.d-ff", "64",
-        "--warmup-steps", "2", "--log-every", "1", "--eval-batches", "1", "--eval-every", "5", "--save-every", "5",
-        "--keep-last", "0", "--no-progress", "--sample-at-end", "0", "--sample-every", "5", "--sample-tokens", "8",
+        "pretrain",
+        "--preset",
+        "shakespeare-char",
+        "--data",
+        str(shards),
+        "--max-steps",
+        str(STEPS),
+        "--model.vocab-size",
+        str(shard_tokenizer(shards).vocab_size),
+        "--micro-batch-size",
+        str(B),
+        "--global-batch-tokens",
+        str(accum_over * B * T),
+        "--model.context-length",
+        str(T),
+        "--model.n-layer",
+        "2",
+        "--model.d-model",
+        "32",
+        "--model.n-head",
+        "2",
+        "--model.d-ff",
+        "64",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-batches",
+        "1",
+        "--eval-every",
+        "5",
+        "--save-every",
+        "5",
+        "--keep-last",
+        "0",
+        "--no-progress",
+        "--sample-at-end",
+        "0",
+        "--sample-every",
+        "5",
+        "--sample-tokens",
+        "8",
     ]
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["torchrun", "--nproc_per_node", str(nproc), "--master_port", str(random.randint(20000, 60000)), *args],
-        env=ENV, capture_output=True, text=True, timeout=timeout,
+        [
+            "torchrun",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(random.randint(20000, 60000)),
+            *args,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -70,7 +116,9 @@ def assert_same_run(one: Path, other: Path, steps: tuple[int, ...] = (5, 10)) ->
         w2 = load_file(str(other / f"step_{step:06d}" / "model.safetensors"))
         assert sorted(w1) == sorted(w2)
         for k in w1:
-            torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0, msg=lambda m, k=k, s=step: f"{k} at step {s}: {m}")
+            torch.testing.assert_close(
+                w1[k], w2[k], atol=1e-5, rtol=0, msg=lambda m, k=k, s=step: f"{k} at step {s}: {m}"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +160,24 @@ def test_fsdp_two_processes_equal_one_process(one_process: Path, fsdp_run: Path)
     assert config["train"]["parallel"] == "fsdp"
     # the saved optimizer state is whole and keyed by names (gathered from the shards), not per rank
     state = json.loads((fsdp_run / "step_000010" / "train_state" / "state.json").read_text())
-    assert "tok_emb.weight" in state["optimizer"]["state"] and "lm_head.weight" not in state["optimizer"]["state"]
+    assert (
+        "tok_emb.weight" in state["optimizer"]["state"]
+        and "lm_head.weight" not in state["optimizer"]["state"]
+    )
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
+
     # evaluation ran on both ranks and sampling from the gathered weights: the same numbers and text
     def records(run: Path, kind: str) -> list[dict]:
-        return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+        return [
+            r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind
+        ]
 
     assert [r["step"] for r in records(fsdp_run, "eval")] == [5, 10]
     for a, b in zip(records(one_process, "eval"), records(fsdp_run, "eval")):
         assert abs(a["val_loss"] - b["val_loss"]) <= 1e-5
-    assert [(r["step"], r["text"]) for r in records(fsdp_run, "sample")] == \
-        [(r["step"], r["text"]) for r in records(one_process, "sample")]
+    assert [(r["step"], r["text"]) for r in records(fsdp_run, "sample")] == [
+        (r["step"], r["text"]) for r in records(one_process, "sample")
+    ]
     assert len(records(fsdp_run, "sample")) == 2
 
 
@@ -146,8 +201,10 @@ def test_fsdp_checkpoint_resumes_in_one_process(one_process: Path, fsdp_run: Pat
     shards = fsdp_run.parent / "shards"
     assert main([*common(shards), "--out", str(run), "--resume", "auto"]) == 0
     assert_same_run(one_process, run, steps=(10,))
-    loader = [json.loads((r / "step_000010" / "train_state" / "state.json").read_text())["ranks"][0]["loader"]
-              for r in (one_process, run)]
+    loader = [
+        json.loads((r / "step_000010" / "train_state" / "state.json").read_text())["ranks"][0]["loader"]
+        for r in (one_process, run)
+    ]
     assert loader[0] == loader[1]
 
 
@@ -187,7 +244,9 @@ def test_one_process_checkpoint_resumes_as_fsdp(one_process: Path, tmp_path: Pat
     shutil.rmtree(run / "step_000010")
     (run / "latest").write_text("step_000005\n")
     shards = one_process.parent / "shards"
-    out = torchrun(2, ["-m", "scratchlm", *common(shards), "--parallel", "fsdp", "--out", str(run), "--resume", "auto"])
+    out = torchrun(
+        2, ["-m", "scratchlm", *common(shards), "--parallel", "fsdp", "--out", str(run), "--resume", "auto"]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_run(one_process, run, steps=(10,))
 
@@ -198,8 +257,20 @@ def test_hsdp_four_processes_equal_one_process(shards: Path, tmp_path: Path) -> 
     from scratchlm.cli.main import main
 
     assert main([*common(shards, accum_over=4), "--out", str(tmp_path / "one")]) == 0
-    run = torchrun(4, ["-m", "scratchlm", *common(shards, accum_over=4), "--parallel", "hsdp", "--dp-shard", "2",
-                       "--out", str(tmp_path / "hsdp")])
+    run = torchrun(
+        4,
+        [
+            "-m",
+            "scratchlm",
+            *common(shards, accum_over=4),
+            "--parallel",
+            "hsdp",
+            "--dp-shard",
+            "2",
+            "--out",
+            str(tmp_path / "hsdp"),
+        ],
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "hsdp")
 
@@ -214,7 +285,8 @@ def test_meta_init_is_sharded_and_equals_one_process_init(tmp_path: Path) -> Non
     assert reports[0]["equal"] is True
     for r in reports:
         assert r["local_numel"] <= 0.55 * r["full_numel"], r
-        assert r["rss_growth"] < 0.8 * r["full_bytes"], r  # measured 0.63 (the shard + one full matrix at a time)
+        # measured 0.63: the shard plus one full matrix at a time
+        assert r["rss_growth"] < 0.8 * r["full_bytes"], r
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
@@ -236,8 +308,23 @@ def test_a_failing_rank_stops_every_rank(tmp_path: Path) -> None:
     """Rank 1 raises at step 3 (in its forward, while rank 0 waits in FSDP's collectives): both processes end
     within 60 s, torchrun exits non-zero and the error message appears once."""
     start = time.monotonic()
-    run = torchrun(2, [str(HERE / "tiny.py"), "--out", str(tmp_path / "run"), "--max-steps", "1000", "--parallel",
-                       "fsdp", "--fail-rank", "1", "--fail-step", "3"], timeout=120)
+    run = torchrun(
+        2,
+        [
+            str(HERE / "tiny.py"),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "1000",
+            "--parallel",
+            "fsdp",
+            "--fail-rank",
+            "1",
+            "--fail-step",
+            "3",
+        ],
+        timeout=120,
+    )
     elapsed = time.monotonic() - start
     assert run.returncode != 0
     assert elapsed < 60, elapsed
@@ -269,14 +356,45 @@ def test_sft_under_fsdp_equals_one_process(tmp_path: Path, lora: bool) -> None:
     mirror = Path(os.environ.get("SCRATCHLM_MIRROR", HERE.parent.parent / "data"))
     pairs = json.loads((mirror / "instruction-data.json").read_text(encoding="utf-8"))[:64]
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
-    tok = CharTokenizer.train([json.dumps(pairs, ensure_ascii=False), "\n<|>_#*"], special_tokens=["<|endoftext|>"])
+    tok = CharTokenizer.train(
+        [json.dumps(pairs, ensure_ascii=False), "\n<|>_#*"], special_tokens=["<|endoftext|>"]
+    )
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tok.vocab_size, context_length=128, n_layer=2, n_head=2, d_model=32, d_ff=64)
+    config = ModelConfig(
+        vocab_size=tok.vocab_size, context_length=128, n_layer=2, n_head=2, d_model=32, d_ff=64
+    )
     checkpoint.save(tmp_path / "base", GPT(config), tok)
-    args = ["finetune", "sft", "--checkpoint", str(tmp_path / "base"), "--data", str(tmp_path / "pairs.json"),
-            "--val-fraction", "0.1", "--max-length", "64", "--micro-batch-size", "2", "--global-batch-tokens", "256",
-            "--max-steps", "4", "--warmup-steps", "1", "--eval-every", "2", "--eval-batches", "1", "--save-every", "0",
-            "--progress", "false", "--log-every", "1", *(["--lora-rank", "4"] if lora else [])]
+    args = [
+        "finetune",
+        "sft",
+        "--checkpoint",
+        str(tmp_path / "base"),
+        "--data",
+        str(tmp_path / "pairs.json"),
+        "--val-fraction",
+        "0.1",
+        "--max-length",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-tokens",
+        "256",
+        "--max-steps",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+        "--save-every",
+        "0",
+        "--progress",
+        "false",
+        "--log-every",
+        "1",
+        *(["--lora-rank", "4"] if lora else []),
+    ]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     run = torchrun(2, ["-m", "scratchlm", *args, "--parallel", "fsdp", "--out", str(tmp_path / "two")])
     assert run.returncode == 0, run.stderr[-3000:]
