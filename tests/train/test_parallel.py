@@ -405,3 +405,24 @@ def test_sft_under_fsdp_equals_one_process(tmp_path: Path, lora: bool) -> None:
     assert sorted(w1) == sorted(w2)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_loopback_nodes_equal_one_node_with_two_workers(
+    fsdp_run: Path, shards: Path, tmp_path: Path
+) -> None:
+    """Multi-node as documented (c10d rendezvous): two torchrun "nodes" of one worker each on loopback give the
+    run of one torchrun with two workers (measured: bitwise equal)."""
+    port = random.randint(20000, 60000)
+    cmd = [
+        "torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback",
+        "-m", "scratchlm", *common(shards), "--parallel", "fsdp", "--out", str(tmp_path / "nodes"),
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    assert_same_run(fsdp_run, tmp_path / "nodes")
