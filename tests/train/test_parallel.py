@@ -158,13 +158,14 @@ def test_fsdp_two_processes_equal_one_process(one_process: Path, fsdp_run: Path)
     assert_same_run(one_process, fsdp_run)
     config = json.loads((fsdp_run / "step_000010" / "config.json").read_text())
     assert config["train"]["parallel"] == "fsdp"
-    # the saved optimizer state is whole and keyed by names (gathered from the shards), not per rank
-    state = json.loads((fsdp_run / "step_000010" / "train_state" / "state.json").read_text())
-    assert (
-        "tok_emb.weight" in state["optimizer"]["state"]
-        and "lm_head.weight" not in state["optimizer"]["state"]
-    )
+    # the optimizer state was written by both ranks with torch.distributed.checkpoint, one file each
+    train_state = fsdp_run / "step_000010" / "train_state"
+    state = json.loads((train_state / "state.json").read_text())
+    assert state["optimizer"] == {"dcp": "optimizer_dcp"}
+    parts = sorted(p.name for p in (train_state / "optimizer_dcp").iterdir())
+    assert parts == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    assert not list(fsdp_run.glob(".step_*"))  # nothing staged is left behind
 
     # evaluation ran on both ranks and sampling from the gathered weights: the same numbers and text
     def records(run: Path, kind: str) -> list[dict]:
@@ -234,6 +235,21 @@ def test_index_keyed_optimizer_state_still_resumes(one_process: Path, tmp_path: 
     a = load_file(str(one_process / "step_000010" / "model.safetensors"))
     b = load_file(str(run / "step_000010" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_as_zero1(one_process: Path, fsdp_run: Path, tmp_path: Path) -> None:
+    """The sharded (DCP) optimizer state read whole by ZeRO-1, which keeps its partition of it."""
+    run = tmp_path / "resumed"
+    shutil.copytree(fsdp_run, run)
+    shutil.rmtree(run / "step_000010")
+    (run / "latest").write_text("step_000005\n")
+    shards = fsdp_run.parent / "shards"
+    out = torchrun(
+        2, ["-m", "scratchlm", *common(shards), "--parallel", "zero1", "--out", str(run), "--resume", "auto"]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_run(one_process, run, steps=(10,))
 
 
 @pytest.mark.slow

@@ -290,6 +290,44 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def save_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
+    """Collective: every rank writes its own part of the optimizer state into `folder` with
+    `torch.distributed.checkpoint` (keyed by parameter names, DTensor shards with their global shapes), so no
+    rank ever holds the whole state; `load_sharded_optimizer` reads it back into any layout."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    reshard(module)
+    if dist.get_rank() == 0:
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed save's leftovers
+    barrier()
+    dcp.save({"optimizer": get_optimizer_state_dict(module, optimizer)}, checkpoint_id=str(folder))
+
+
+def load_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
+    """Load a `save_sharded_optimizer` folder into this layout (another world size or `--parallel` included): the
+    current state's shapes and placements are the template and DCP reads each rank's slices into it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        # ZeRO-1 holds whole parameters: read the whole state through a plain AdamW over them, then ZeRO keeps
+        # its partition of it
+        whole = torch.optim.AdamW([dict(g) for g in optimizer.param_groups])
+        state = {"optimizer": get_optimizer_state_dict(module, whole)}
+        dcp.load(state, checkpoint_id=str(folder))
+        load_optimizer_state(module, optimizer, state["optimizer"])
+        return
+    if is_fsdp(module):
+        reshard(module)
+    state = {"optimizer": get_optimizer_state_dict(module, optimizer)}  # (creates the moments if none exist yet)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_optimizer_state_dict(module, optimizer, state["optimizer"])
+
+
 def is_fsdp(module: nn.Module) -> bool:
     """Whether `fully_shard` was applied to `module` (its root)."""
     from torch.distributed.fsdp import FSDPModule

@@ -50,6 +50,8 @@ from scratchlm.train.plots import plot_loss
 from scratchlm.train.progress import Bar, ExternalLoggers, MetricsLog, flops_per_token, peak_flops
 
 STEP_PREFIX = "step_"
+OPTIMIZER_DCP = "optimizer_dcp"
+"""train_state/ subfolder of the optimizer state of sharded runs (torch.distributed.checkpoint, one part per rank)."""
 
 
 @dataclass
@@ -399,7 +401,10 @@ class Trainer:
         if ts is None:
             raise ScratchlmError(f"{path} has no train_state/ (weights only); resume from a checkpoint of a run")
         state = ts.to_nested()
-        D.load_optimizer_state(self.module, self.optimizer, state["optimizer"])
+        if set(state["optimizer"]) == {"dcp"}:  # written by every rank of a sharded run
+            D.load_sharded_optimizer(self.module, self.optimizer, path / checkpoint.TRAIN_STATE_DIR / OPTIMIZER_DCP)
+        else:  # one file, keyed by parameter names (or by index: checkpoints from before --parallel)
+            D.load_optimizer_state(self.module, self.optimizer, state["optimizer"])
         self.step, self.tokens, self.lr_scale = state["step"], state["tokens"], state["lr_scale"]
         self.guard.load_state_dict(state["guard"])
         if state.get("scaler"):
@@ -423,7 +428,13 @@ class Trainer:
         from scratchlm import checkpoint
 
         ranks = D.gather_object({"rng": _rng_state(), "loader": self.stream.state_dict()})
-        optimizer_state = D.optimizer_state(self.module, self.optimizer)
+        staged = None
+        if self.sharded:  # every rank writes its part, staged in the run folder, moved into the step folder below
+            staged = self.out / f".{STEP_PREFIX}{self.step:06d}.{OPTIMIZER_DCP}"
+            D.save_sharded_optimizer(self.module, self.optimizer, staged)
+            optimizer_state: dict[str, Any] = {"dcp": OPTIMIZER_DCP}
+        else:
+            optimizer_state = D.optimizer_state(self.module, self.optimizer)
         module = self.plain_module()
         if not self.main or module is None:
             D.barrier()
@@ -431,6 +442,8 @@ class Trainer:
         finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())
         if not finite:  # the guard should make this impossible; never write a poisoned checkpoint
             self._event("checkpoint_refused", "non-finite weights")
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             D.barrier()
             return None
         state = {
@@ -448,6 +461,8 @@ class Trainer:
         extra.update(self.extra)
         path = self.out / f"{STEP_PREFIX}{self.step:06d}"
         train_state = checkpoint.TrainState.from_nested(state)
+        if staged is not None:
+            train_state.dirs[OPTIMIZER_DCP] = staged
         stopper = getattr(self, "stopper", None)
         guard = stopper.saving_checkpoint() if stopper is not None else contextlib.nullcontext()
         try:
