@@ -104,7 +104,7 @@ def test_changing_the_optimizer_on_resume_is_one_line(tmp_path: Path) -> None:
         tiny.tiny_model(),
         tiny.tokenizer(),
     )
-    with pytest.raises(ScratchlmError, match="optimizer state is AdamW's: resume it with --optimizer adamw"):
+    with pytest.raises(ScratchlmError, match="trained with --optimizer adamw: resume it with that optimizer"):
         train(
             cfg(tmp_path / "adamw", max_steps=3, resume="auto"),
             tiny.TinyMode(),
@@ -113,7 +113,7 @@ def test_changing_the_optimizer_on_resume_is_one_line(tmp_path: Path) -> None:
         )
     train(cfg(tmp_path / "muon", max_steps=2), tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
     with pytest.raises(
-        ScratchlmError, match="trained with --optimizer muon: resume it with --optimizer muon"
+        ScratchlmError, match="trained with --optimizer muon: resume it with that optimizer"
     ):
         train(
             cfg(tmp_path / "muon", max_steps=3, resume="auto", optimizer="adamw"),
@@ -121,3 +121,10 @@ def test_changing_the_optimizer_on_resume_is_one_line(tmp_path: Path) -> None:
             tiny.tiny_model(),
             tiny.tokenizer(),
         )
+
+
+def test_muon_on_a_sharded_layout_is_one_line() -> None:
+    from scratchlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--optimizer muon works with --parallel ddp only"):
+        TrainConfig(out=Path("x"), optimizer="muon", parallel="fsdp")

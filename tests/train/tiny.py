@@ -67,12 +67,14 @@ class TinyMode(Mode):
     name = "tiny"
 
     def __init__(self, poison: dict[int, float] | None = None, accum: int = 1, delay: float = 0.0,
-                 save_delay: float = 0.0, save_marker: Path | None = None) -> None:
+                 save_delay: float = 0.0, save_marker: Path | None = None, fail_at: tuple[int, int] | None = None) -> None:
         self.poison = poison or {}  # optimizer step -> factor on the loss and its gradients (nan allowed)
         self.accum = accum
         self.delay = delay  # seconds of sleep per training micro-batch: a slow run to interrupt, same numbers
         self.save_delay, self.save_marker = save_delay, save_marker  # a slow save, announced by a marker file
         self.calls = 0
+        self.fail_at = fail_at  # (rank, optimizer step): that rank raises in its forward there (stop-all test)
+        self.rank = 0
 
     def save_weights(self, module: nn.Module, path: Path, tokenizer: Any, extra: dict[str, Any],
                      train_state: Any) -> None:
@@ -89,6 +91,7 @@ class TinyMode(Mode):
         return T
 
     def train_batches(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> Stream:
+        self.rank = rank
         return Stream(micro_batch_size, seed, rank, world_size)
 
     def val_batches(self, micro_batch_size: int) -> Iterable[Batch]:
@@ -105,6 +108,8 @@ class TinyMode(Mode):
                 time.sleep(self.delay)
             step = self.calls // self.accum
             self.calls += 1
+            if self.fail_at == (self.rank, step):
+                raise RuntimeError(f"injected failure on rank {self.rank} at step {step}")
             if step in self.poison:
                 loss = loss * self.poison[step]  # a spike in the loss and in the gradient norm
         return loss, {}
@@ -128,13 +133,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step-delay", type=float, default=0.0)
     p.add_argument("--save-delay", type=float, default=0.0)
     p.add_argument("--save-marker", type=Path, default=None)
+    p.add_argument("--parallel", default="ddp")
+    p.add_argument("--fail-rank", type=int, default=None)
+    p.add_argument("--fail-step", type=int, default=None)
     a = p.parse_args(argv)
     cfg = TrainConfig(
         out=a.out, max_steps=a.max_steps, micro_batch_size=a.micro_batch_size, global_batch_tokens=a.global_batch_tokens,
         save_every=a.save_every, resume=a.resume, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0, log_every=1,
-        progress=False, spike_window=0, device="cpu",
+        progress=False, spike_window=0, device="cpu", parallel=a.parallel,
     )
-    mode = TinyMode(delay=a.step_delay, save_delay=a.save_delay, save_marker=a.save_marker)
+    fail_at = (a.fail_rank, a.fail_step) if a.fail_rank is not None else None
+    mode = TinyMode(delay=a.step_delay, save_delay=a.save_delay, save_marker=a.save_marker, fail_at=fail_at)
     result = train(cfg, mode, tiny_model(dropout=a.dropout), tokenizer())
     raise SystemExit({"SIGTERM": 143, "SIGINT": 130}.get(result.stopped, 0))
 

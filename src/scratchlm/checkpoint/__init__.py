@@ -7,7 +7,8 @@
       adapters.safetensors LoRA runs instead of model.safetensors: the adapters; `lora.base` names the base
       classifier.safetensors  classifier runs: the head
       tokenizer.json       the exact tokenizer the model was trained with
-      train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else)
+      train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else);
+                           sharded runs: optimizer_dcp/ (torch.distributed.checkpoint, one part per rank)
     runs/<name>/latest     name of the newest complete step folder
 
 A folder is written into a fresh sibling and renamed when complete (`scratchlm.fs.atomic_dir`); `latest` is

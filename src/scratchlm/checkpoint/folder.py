@@ -5,7 +5,9 @@
                             plus extra sections: "train", "data", "lora", "chat_template", ...}
       model.safetensors    full, unwrapped weights (no DDP/compile prefixes); tied weights stored once
       tokenizer.json       the exact tokenizer the model was trained with
-      train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else)
+      train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else); runs whose
+                           parameters were sharded keep the optimizer in optimizer_dcp/ instead (every process
+                           wrote its part with torch.distributed.checkpoint)
     runs/<name>/latest     name of the newest complete step folder
 
 A folder is written into a fresh, uniquely named sibling and renamed when complete (`scratchlm.fs.atomic_dir`); `latest` is updated
@@ -63,6 +65,9 @@ class TrainState:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    dirs: dict[str, Path] = field(default_factory=dict)
+    """Folders written beforehand (e.g. by every process, with torch.distributed.checkpoint), moved into
+    `train_state/` under these names as part of the folder's atomic write."""
 
     @classmethod
     def from_nested(cls, obj: Mapping[str, Any]) -> TrainState:
@@ -181,6 +186,8 @@ def write(
             (tmp / TRAIN_STATE_DIR).mkdir()
             save_file(_cpu(train_state.tensors), str(tmp / TRAIN_STATE_DIR / "optimizer.safetensors"))
             (tmp / TRAIN_STATE_DIR / "state.json").write_text(json.dumps(train_state.state, indent=1) + "\n")
+            for name, folder in train_state.dirs.items():
+                os.replace(folder, tmp / TRAIN_STATE_DIR / name)  # same filesystem: the run folder
     return path
 
 

@@ -193,9 +193,11 @@ def pretrain(argv: list[str], prog: str) -> int:
 
 
 def run_pretrain(cmd: PretrainCommand) -> int:
+    import torch
+
     from scratchlm.data import shard_tokenizer
     from scratchlm.model import GPT
-    from scratchlm.train.distributed import print0
+    from scratchlm.train.distributed import SHARDED, print0
     from scratchlm.train.loop import gradient_accumulation, seed_everything, train
     from scratchlm.train.modes.pretrain import PretrainMode
 
@@ -220,7 +222,12 @@ def run_pretrain(cmd: PretrainCommand) -> int:
         shard_dir = cmd.data
     tokenizer = shard_tokenizer(shard_dir)
     seed_everything(cmd.seed)
-    model = GPT(model_config)
+    if train_cfg.parallel in SHARDED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # sharded: built on meta, allocated and initialised per rank by the loop (same numbers as here)
+        with torch.device("meta"):
+            model = GPT(model_config)
+    else:
+        model = GPT(model_config)
     mode = PretrainMode(shard_dir, model_config.context_length, seed=cmd.seed)
     run_config = to_dict(cmd)
     run_config["model"] = to_dict(model_config)  # the resolved shape, so the file repeats this exact model
@@ -234,6 +241,10 @@ def run_pretrain(cmd: PretrainCommand) -> int:
     if cmd.sample_at_end and result.checkpoint is not None:
         from scratchlm.generate import generate
 
+        if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # sharded by --parallel: reload whole
+            from scratchlm import checkpoint
+
+            model, _ = checkpoint.load(result.checkpoint)
         model.eval()
         text = generate(model, tokenizer, cmd.sample_prompt, cmd.sample_at_end, temperature=0.8, top_k=200,
                         seed=cmd.seed)

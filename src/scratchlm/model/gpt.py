@@ -98,21 +98,30 @@ class GPT(nn.Module):
         The residual projections are scaled down because each block adds two of them to the residual stream:
         without it the stream's variance grows with depth.
         """
-        std = 0.02
-        resid_std = std / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                is_resid = name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS
-                nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid else std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+            self.init_module(name, module)
         self.tie_weights()  # the head was drawn above; with tied weights it must be the embedding again
+
+    @torch.no_grad()
+    def init_module(self, name: str, module: nn.Module) -> None:
+        """Initialise one submodule's own parameters (`name` is its name in this model) by the table above.
+
+        One module at a time, so a model sharded over processes can be initialised with the same random draws
+        as in one process without ever holding all its parameters at once (`train/distributed.py`).
+        """
+        std = 0.02
+        if isinstance(module, nn.Linear):
+            is_resid = name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS
+            resid_std = std / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid else std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward(

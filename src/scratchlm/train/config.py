@@ -18,6 +18,7 @@ SCHEDULES = ("cosine", "linear", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "muon")
+PARALLEL = ("ddp", "zero1", "zero2", "fsdp", "hsdp")
 MAX_LR = 1.0
 """Larger AdamW learning rates are typos (1e6 for 1e-6): refused with a pointer to typical values."""
 
@@ -83,6 +84,13 @@ class TrainConfig:
     """torch.compile the model (worth it on GPUs; off by default because compiling costs minutes on CPU)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
+    parallel: str = "ddp"
+    """Data parallelism under torchrun: ddp (replicas, gradients all-reduced), zero1 (ddp + optimizer state
+    sharded), zero2 (fully_shard, parameters kept gathered between forward and backward), fsdp (fully_shard per
+    block and at the root, parameters resharded after forward = ZeRO-3), hsdp (fsdp inside groups of --dp-shard
+    processes, replicated across groups). One process: no effect. See docs/train.md, Multiple processes."""
+    dp_shard: int | None = None
+    """hsdp only: processes per sharding group (the world size must be a multiple of it)."""
     onednn: bool | None = None
     """CPU fp32 linear layers through oneDNN's GEMMs (true) or `F.linear` (false); unset: $SCRATCHLM_ONEDNN
     decides (default on). Process-wide; see docs/model.md, Speed."""
@@ -153,10 +161,21 @@ class TrainConfig:
         for name in ("eval_every", "eval_batches", "save_every", "keep_last", "sample_every", "spike_window"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"--parallel {self.parallel!r} is unknown; use one of {', '.join(PARALLEL)}")
+        if self.dp_shard is not None and (self.parallel != "hsdp" or self.dp_shard < 1):
+            raise ConfigError(f"--dp-shard {self.dp_shard} needs --parallel hsdp and a value of at least 1; "
+                              "drop --dp-shard or pass --parallel hsdp")
+        if self.parallel == "hsdp" and self.dp_shard is None:
+            raise ConfigError("--parallel hsdp needs --dp-shard N (processes per sharding group)")
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer {self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "muon" and self.parallel != "ddp":
+            raise ConfigError(f"--optimizer muon works with --parallel ddp only (torch.optim.Muon orthogonalises "
+                              f"whole 2-D gradients, which --parallel {self.parallel} shards); use --parallel ddp "
+                              "or --optimizer adamw")
         if self.resume is not None and self.resume == "":
             raise ConfigError("--resume needs `auto` or a checkpoint path")
 

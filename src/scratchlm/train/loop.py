@@ -51,6 +51,8 @@ from scratchlm.train.plots import plot_loss
 from scratchlm.train.progress import Bar, ExternalLoggers, MetricsLog, flops_per_token, peak_flops
 
 STEP_PREFIX = "step_"
+OPTIMIZER_DCP = "optimizer_dcp"
+"""train_state/ subfolder of the optimizer state of sharded runs (torch.distributed.checkpoint, one part per rank)."""
 
 
 @dataclass
@@ -276,6 +278,12 @@ class Trainer:
         self.device = self.info.device
         self.main = self.info.is_main
         self.precision = resolve_precision(cfg.precision, self.device)
+        # zero2/fsdp/hsdp: parameters are DTensor shards; evaluation, sampling and saving become collective
+        self.sharded = D.is_sharded(cfg.parallel, self.info)
+        if self.sharded and self.precision == "fp16":
+            raise ScratchlmError(f"--precision fp16 is not supported with --parallel {cfg.parallel}; use bf16")
+        # under FSDP2, bf16 is its MixedPrecisionPolicy (bf16 parameters, fp32 reductions), not autocast
+        self.autocast_precision = "fp32" if self.sharded else self.precision
         if cfg.onednn is not None:
             onednn.set_enabled(cfg.onednn)
         if self.device.type == "cuda":
@@ -291,8 +299,12 @@ class Trainer:
                 f"run folder {self.out} already has checkpoints ({step_dirs(self.out)[-1].name}); "
                 "pass --resume auto to continue it, or choose another --out"
             )
-        # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device
-        self.module = mode.setup(model, tokenizer).to(self.device)
+        # the module being trained (a mode may add a head, LoRA, freeze parameters), unwrapped, on the device;
+        # a model built on `meta` stays there until it is sharded (see below)
+        self.module = mode.setup(model, tokenizer)
+        on_meta = D.has_meta_params(self.module)
+        if not on_meta:
+            self.module.to(self.device)
         base_config = getattr(model, "config", None)
         self.model_config = to_dict(base_config) if base_config is not None else None
         self.accum = gradient_accumulation(cfg, mode.context_length, self.info.world_size)
@@ -301,8 +313,18 @@ class Trainer:
         if self.total_steps is None and cfg.max_tokens is not None:
             self.total_steps = math.ceil(cfg.max_tokens / self.tokens_per_step)
 
+        # a plain, memory-free copy to fill on rank 0 whenever a whole module is needed (save, samples, tasks)
+        self.skeleton = D.meta_skeleton(self.module) if self.sharded else None
+        if on_meta and not self.sharded:  # replicas hold everything anyway (and DDP needs real tensors)
+            D.materialize_and_init(self.module, self.device, cfg.seed)
+        # data parallelism first (the documented order), then the optimizer over the wrapped parameters
+        self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing, cfg.parallel,
+                              cfg.dp_shard, self.precision)
+        if on_meta and self.sharded:  # only now, sharded, does each rank allocate (its part) and initialise it
+            D.materialize_and_init(self.module, self.device, cfg.seed)
         self.optimizer = build_optimizer(
             self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
+            shard_state=cfg.parallel == "zero1" and self.info.is_distributed,
             optimizer=cfg.optimizer, muon_lr=cfg.muon_lr, muon_momentum=cfg.muon_momentum,
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -335,7 +357,6 @@ class Trainer:
 
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False), "run config")
 
-        self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing)
         n_params = sum(p.numel() for p in self.module.parameters())
         self.flops_per_token = None
         if base_config is not None:
@@ -376,15 +397,26 @@ class Trainer:
         from scratchlm import checkpoint
 
         _check_resume_compatible(path, self.model_config, self.tokenizer)
-        self.mode.load_weights(self.module, path)
+        if self.sharded:  # the mode reads the folder into a plain copy on rank 0, then it is scattered
+            plain = self.plain_module()
+            if plain is not None:
+                self.mode.load_weights(plain, path)
+            D.load_full_model_state(self.module, plain.state_dict() if plain is not None else {})
+        else:
+            self.mode.load_weights(self.module, path)
         ts = checkpoint.load_train_state(path)
         if ts is None:
             raise ScratchlmError(f"{path} has no train_state/ (weights only); resume from a checkpoint of a run")
         state = ts.to_nested()
-        if set(state["optimizer"]) == {"muon", "adamw"} and self.cfg.optimizer != "muon":
-            raise ScratchlmError(f"{path} was trained with --optimizer muon: resume it with --optimizer muon "
-                                 "(or start AdamW from its weights with --checkpoint, without --resume)")
-        self.optimizer.load_state_dict(state["optimizer"])
+        muon_state = set(state["optimizer"]) == {"muon", "adamw"}
+        if muon_state != (self.cfg.optimizer == "muon"):
+            raise ScratchlmError(
+                f"{path} was trained with --optimizer {'muon' if muon_state else 'adamw'}: resume it with that "
+                f"optimizer (or start --optimizer {self.cfg.optimizer} from its weights, without --resume)")
+        if set(state["optimizer"]) == {"dcp"}:  # written by every rank of a sharded run
+            D.load_sharded_optimizer(self.module, self.optimizer, path / checkpoint.TRAIN_STATE_DIR / OPTIMIZER_DCP)
+        else:  # one file, keyed by parameter names (or by index: checkpoints from before --parallel)
+            D.load_optimizer_state(self.module, self.optimizer, state["optimizer"])
         self.step, self.tokens, self.lr_scale = state["step"], state["tokens"], state["lr_scale"]
         self.guard.load_state_dict(state["guard"])
         if state.get("scaler"):
@@ -402,24 +434,35 @@ class Trainer:
     def save(self) -> Path | None:
         """Write step_NNNNNN/ (weights via the mode, training state), point `latest` at it, prune old ones.
 
-        Every rank must call this (it gathers per-rank RNG and loader state); only rank 0 writes.
+        Every rank must call this (it gathers per-rank RNG and loader state, ZeRO-1 optimizer partitions, FSDP
+        shards); only rank 0 writes. The optimizer state is keyed by parameter names, so any layout resumes it.
         """
         from scratchlm import checkpoint
 
         ranks = D.gather_object({"rng": _rng_state(), "loader": self.stream.state_dict()})
-        if not self.main:
+        staged = None
+        if self.sharded:  # every rank writes its part, staged in the run folder, moved into the step folder below
+            staged = self.out / f".{STEP_PREFIX}{self.step:06d}.{OPTIMIZER_DCP}"
+            D.save_sharded_optimizer(self.module, self.optimizer, staged)
+            optimizer_state: dict[str, Any] = {"dcp": OPTIMIZER_DCP}
+        else:
+            optimizer_state = D.optimizer_state(self.module, self.optimizer)
+        module = self.plain_module()
+        if not self.main or module is None:
             D.barrier()
             return None
-        finite = all(bool(torch.isfinite(p).all()) for p in self.module.parameters())
+        finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())
         if not finite:  # the guard should make this impossible; never write a poisoned checkpoint
             self._event("checkpoint_refused", "non-finite weights")
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             D.barrier()
             return None
         state = {
             "step": self.step,
             "tokens": self.tokens,
             "lr_scale": self.lr_scale,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "guard": self.guard.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ranks": ranks,
@@ -430,11 +473,13 @@ class Trainer:
         extra.update(self.extra)
         path = self.out / f"{STEP_PREFIX}{self.step:06d}"
         train_state = checkpoint.TrainState.from_nested(state)
+        if staged is not None:
+            train_state.dirs[OPTIMIZER_DCP] = staged
         stopper = getattr(self, "stopper", None)
         guard = stopper.saving_checkpoint() if stopper is not None else contextlib.nullcontext()
         try:
             with guard:
-                self.mode.save_weights(self.module, path, self.tokenizer, extra, train_state)
+                self.mode.save_weights(module, path, self.tokenizer, extra, train_state)
                 checkpoint.mark_latest(path)
         except KeyboardInterrupt:
             remains = f"the newest complete checkpoint is {self.last_checkpoint}" if self.last_checkpoint else (
@@ -450,11 +495,22 @@ class Trainer:
         D.barrier()
         return path
 
+    def plain_module(self) -> nn.Module | None:
+        """The trained module as a plain nn.Module: itself for replicas; when sharded (collective: every rank
+        calls it) a CPU copy on rank 0 filled from the gathered full state dict, None on the other ranks."""
+        if not self.sharded:
+            return self.module
+        assert self.skeleton is not None
+        state = D.full_model_state(self.module)
+        return D.materialize(self.skeleton, state) if self.main else None
+
     # ---- evaluation and samples -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss and perplexity (and periodic eval tasks) on rank 0 with the unwrapped module."""
+        """Validation loss and perplexity (and periodic eval tasks) with the unwrapped module: on rank 0, or on
+        every rank when the parameters are sharded (each forward gathers them: a rank-0-only forward would wait
+        forever for the others). Eval tasks then run on rank 0 on a gathered plain copy."""
         results: dict[str, float] = {}
         batches = self.mode.val_batches(self.cfg.micro_batch_size) if self.evaluate_val else None
         was_training = self.module.training
@@ -465,7 +521,7 @@ class Trainer:
                 for i, batch in enumerate(batches):
                     if self.cfg.eval_batches and i >= self.cfg.eval_batches:
                         break
-                    with _autocast(self.device, self.precision):
+                    with _autocast(self.device, self.autocast_precision):
                         loss, _ = self.mode.loss(self.module, _to_device(batch, self.device))
                     total += _scalar(loss)
                     n += 1
@@ -475,22 +531,30 @@ class Trainer:
             if self.cfg.eval_tasks:
                 from scratchlm.eval.periodic import evaluate_tasks
 
-                results.update(evaluate_tasks(self.module, self.tokenizer, list(self.cfg.eval_tasks), self.device))
+                module = self.plain_module()
+                if module is not None:
+                    module.to(self.device).eval()
+                    results.update(evaluate_tasks(module, self.tokenizer, list(self.cfg.eval_tasks), self.device))
         finally:
             self.module.train(was_training)
+            if self.sharded:
+                D.reshard(self.module)
         return results
 
-    def sample(self) -> str:
-        """A few lines from `sample_prompt`, without touching the training RNG streams."""
-        was_training = self.module.training
-        self.module.eval()
+    def sample(self) -> str | None:
+        """A few lines from `sample_prompt`, without touching the training RNG streams. Sharded: collective, and
+        rank 0 samples from a gathered plain copy (generation calls more than `forward`); None elsewhere."""
+        module = self.plain_module()
+        if module is None:
+            return None
+        module.to(self.device)
+        was_training = module.training
+        module.eval()
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                return sample_text(
-                    self.module, self.tokenizer, self.cfg.sample_prompt, self.cfg.sample_tokens, self.cfg.seed
-                )
+                return sample_text(module, self.tokenizer, self.cfg.sample_prompt, self.cfg.sample_tokens, self.cfg.seed)
         finally:
-            self.module.train(was_training)
+            module.train(was_training)
 
     def _event(self, event: str, detail: str) -> None:
         if self.main:
@@ -519,7 +583,7 @@ class Trainer:
         for micro in range(self.accum):
             batch = _to_device(next(self.stream), self.device)
             D.set_grad_sync(self.wrapped, micro == self.accum - 1)
-            with _autocast(self.device, self.precision):
+            with _autocast(self.device, self.autocast_precision):
                 loss, metrics = self.mode.loss(self.wrapped, batch)
             self.scaler.scale(loss / self.accum).backward()
             loss_sum += loss.detach().float()
@@ -534,7 +598,7 @@ class Trainer:
         stats = D.all_reduce_mean(torch.stack([loss_sum / self.accum, *map(loss_sum.new_tensor, flags)]))
         loss_v, signal_v, time_v = stats.tolist()
         self.stop_signal, self.stop_time = signal_v > 0, time_v > 0
-        norm_v = float(grad_norm.item())
+        norm_v = D.grad_norm_value(grad_norm)
         self.tokens += tokens * self.info.world_size
 
         verdict, reason = OK, ""
@@ -641,7 +705,7 @@ class Trainer:
                     if cfg.eval_every and step % cfg.eval_every == 0:
                         last_eval = self._eval_and_log(step, loggers)
                         evaluated_at = step
-                    if cfg.sample_every and step % cfg.sample_every == 0 and self.main:
+                    if cfg.sample_every and step % cfg.sample_every == 0 and (self.main or self.sharded):
                         self._sample_and_log(step)
                     if cfg.save_every and step % cfg.save_every == 0:
                         self.save()
@@ -684,10 +748,10 @@ class Trainer:
         )
 
     def _eval_and_log(self, step: int, loggers: ExternalLoggers) -> dict[str, float]:
-        if not self.main:
+        if not (self.main or self.sharded):
             return {}
-        results = self.evaluate()
-        if results:
+        results = self.evaluate()  # every rank when sharded (the same batches, so the same numbers)
+        if results and self.main:
             record = {"kind": "eval", "step": step, **results, "elapsed_s": time.perf_counter() - self.t_start}
             self.metrics.append(record)
             loggers.log(step, record)
@@ -698,6 +762,8 @@ class Trainer:
 
     def _sample_and_log(self, step: int) -> None:
         text = self.sample()
+        if text is None:
+            return
         self.metrics.append({"kind": "sample", "step": step, "prompt": self.cfg.sample_prompt, "text": text})
         self.bar.write(f"step {step} sample:\n{self.cfg.sample_prompt}{text}\n")
 
@@ -717,6 +783,9 @@ def train(
     """
     try:
         return Trainer(cfg, mode, model, tokenizer, extra, run_config).run()
+    except BaseException as e:
+        D.stop_all(e)  # under torchrun: print once, exit now, so no rank waits in a collective for the others
+        raise
     finally:
         D.shutdown_distributed()
 

@@ -43,6 +43,7 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     device_type: str,
+    shard_state: bool = False,
     *,
     optimizer: str = "adamw",
     muon_lr: float = 0.02,
@@ -52,6 +53,8 @@ def build_optimizer(
     `optimizer="muon"`, `MuonWithAdamW`.
 
     Fused and foreach AdamW compute the same update; fused is faster on CUDA and (recent torch) on CPU.
+    `shard_state` (ZeRO-1, under torchrun): `ZeroRedundancyOptimizer` gives each process the AdamW moments of
+    its share of the parameters; it steps that share and broadcasts the updated parameters.
     """
     groups = param_groups(module, weight_decay)
     if not groups:
@@ -61,13 +64,20 @@ def build_optimizer(
         )
     if optimizer == "muon":
         return MuonWithAdamW(module, lr, weight_decay, betas, eps, device_type, muon_lr, muon_momentum)
+    if shard_state:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        fused = device_type in ("cuda", "cpu", "mps")
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=lr, betas=betas, eps=eps,
+                                       fused=fused)
     return _adamw(groups, lr, betas, eps, device_type)
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], eps: float,
            device_type: str) -> torch.optim.AdamW:
+    fused = device_type in ("cuda", "cpu", "mps")
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cuda", "cpu", "mps"))
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     except (RuntimeError, TypeError):  # an older build or a device without the fused kernel
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
