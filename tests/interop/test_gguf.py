@@ -22,11 +22,11 @@ from scratchlm import checkpoint
 from scratchlm.cli.main import main
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.tokenizer import BPETokenizer, CharTokenizer, read_gpt2
-from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.chat import ChatTemplate, chat_template_jinja
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train
 
 gguf = pytest.importorskip("gguf")
-from scratchlm.interop.gguf import bpe_merges, chat_template_jinja, export_gguf  # noqa: E402
+from scratchlm.interop.gguf import bpe_merges, export_gguf  # noqa: E402
 
 SHAPES = dict(context_length=64, n_layer=2, n_head=4, d_model=64)
 FAMILIES = {

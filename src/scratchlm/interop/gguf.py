@@ -36,7 +36,6 @@ Decisions and traps:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +51,7 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import rope_inv_freq
 from scratchlm.tokenizer import GPT2_PATTERN, GPT4_PATTERN, BPETokenizer, Tokenizer
 from scratchlm.tokenizer.bpe import to_unicode
-from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.chat import ChatTemplate, chat_template_jinja
 
 DTYPES = ("f32", "f16", "q8_0")
 GGUF_MAGIC = b"GGUF"
@@ -213,31 +212,6 @@ def tokenizer_metadata(tok: Tokenizer, n_vocab: int) -> dict[str, Any]:
     for s, i in tok.special_tokens.items():
         tokens[i], types[i] = s, CONTROL
     return {"pre": pre, "tokens": tokens, "types": types, "merges": bpe_merges(tok.vocab)}
-
-
-def chat_template_jinja(template: ChatTemplate) -> str:
-    """Our prefix/suffix template as the Jinja that GGUF's `tokenizer.chat_template` holds (renders the same text
-    as `ChatTemplate.render`)."""
-
-    def lit(text: str) -> str:  # a Jinja string literal (JSON's escapes are Jinja's)
-        return json.dumps(text, ensure_ascii=False)
-
-    def emit(expr: str) -> str:
-        return "{{ " + expr + " }}"
-
-    turns = []
-    for k, role in enumerate(("system", "user", "assistant")):
-        prefix, suffix = getattr(template, f"{role}_prefix"), getattr(template, f"{role}_suffix")
-        keyword = "if" if k == 0 else "elif"
-        turns.append(f"{{% {keyword} message['role'] == {lit(role)} %}}")
-        turns.append(emit(f"{lit(prefix)} + message['content'] + {lit(suffix)}"))
-    parts = [emit(lit(template.bos))]
-    if template.default_system:
-        system = template.system_prefix + template.default_system + template.system_suffix
-        parts += ["{% if messages[0]['role'] != 'system' %}", emit(lit(system)), "{% endif %}"]
-    parts += ["{% for message in messages %}", *turns, "{% endif %}{% endfor %}"]
-    parts += ["{% if add_generation_prompt %}", emit(lit(template.assistant_prefix)), "{% endif %}"]
-    return "".join(parts)
 
 
 # ---- the file ---------------------------------------------------------------------------------------------------
