@@ -118,6 +118,7 @@ def test_lm_eval_adapter_equals_eval_mc(ckpt: Path, task_dir: Path, tmp_path: Pa
     assert 0 < mc["acc"] < 1  # a random model: some right, some wrong, so equal accuracies say something
 
 
+@pytest.mark.slow  # ~20 s: lm_eval's whole pipeline again, now from the command line
 def test_eval_harness_command(ckpt: Path, task_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     pytest.importorskip("lm_eval")
     mc = eval_mc(ckpt, task_dir, tmp_path)
@@ -190,6 +191,7 @@ def test_lm_eval_rolling_and_generation(ckpt: Path) -> None:
         assert got == want
 
 
+@pytest.mark.slow  # ~30 s: a server process and lm_eval's HTTP client
 def test_local_completions_against_serve(ckpt: Path, task_dir: Path, tmp_path: Path, serve_process) -> None:
     """lm_eval's `local-completions` model (echo + logprobs, token-id prompts, the server's tokenizer through
     /tokenize) scores the task with the same log-likelihoods."""

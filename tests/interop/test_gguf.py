@@ -299,6 +299,7 @@ def perplexity(g: GGUFModel, ids: list[int], T: int = 64) -> float:
     return math.exp(nll / n)
 
 
+@pytest.mark.slow  # trains two tiny models (~15 s) and runs the NumPy forward over 1024 tokens 6 times
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_f16_and_q8_0_keep_perplexity(
     tmp_path: Path, trained: dict[str, Path], bpe: BPETokenizer, family: str

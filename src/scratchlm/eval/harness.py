@@ -219,7 +219,11 @@ def main() -> None:
     """lm_eval's own command line with the `scratchlm` model registered (see the module docstring)."""
     from lm_eval.__main__ import cli_evaluate
 
-    sys.exit(cli_evaluate())
+    try:
+        cli_evaluate()
+    except ScratchlmError as e:  # ours (a missing checkpoint, ...): one line, as the scratchlm command prints it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
