@@ -1,8 +1,10 @@
-"""`scratchlm convert from-hf` and `scratchlm convert to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints.
+"""`scratchlm convert from-hf` / `to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints; `convert to-gguf`:
+a checkpoint -> one GGUF file for llama.cpp, Ollama and LM Studio.
 
 OUT follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md): a new or empty folder, or
 one this same command wrote before (from-hf: a checkpoint whose config.json has `hf_source`; to-hf: an HF
 folder holding `scratchlm_tokenizer.json`), which is then replaced; never an input, a file or anything else.
+to-gguf writes a file: a new path, or a GGUF file, which is replaced.
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ class ToHFCommand:
     """A checkpoint folder (step or run folder)."""
     out: tyro.conf.Positional[Path]
     """The Hugging Face folder to write."""
+
+
+@dataclass
+class ToGGUFCommand:
+    """Convert a scratchlm checkpoint (GPT-2 or Llama family, byte-level BPE tokenizer) into a GGUF file that
+    llama.cpp, Ollama and LM Studio load (see docs/interop.md)."""
+
+    checkpoint: tyro.conf.Positional[Path]
+    """A checkpoint folder (step or run folder)."""
+    out: tyro.conf.Positional[Path]
+    """The GGUF file to write (e.g. model.gguf)."""
+    dtype: str = "f32"
+    """Weight type: f32, f16 or q8_0 (8-bit blocks); norms and biases stay f32."""
 
 
 def from_hf(argv: list[str], prog: str) -> int:
@@ -87,4 +102,23 @@ def to_hf(argv: list[str], prog: str) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"wrote Hugging Face folder {out}")
+    return 0
+
+
+def to_gguf(argv: list[str], prog: str) -> int:
+    cfg = parse(ToGGUFCommand, argv, prog)
+    from scratchlm import checkpoint
+    from scratchlm.fs import check_out_file
+    from scratchlm.interop import gguf
+
+    if cfg.dtype not in gguf.DTYPES:
+        raise ScratchlmError(f"--dtype {cfg.dtype!r} is not one of {', '.join(gguf.DTYPES)}")
+    step = checkpoint.resolve(cfg.checkpoint)
+    if cfg.out.is_dir():
+        raise ScratchlmError(f"output {cfg.out} is a folder; give a file name such as {cfg.out / 'model.gguf'}")
+    check_out_file(cfg.out, gguf.is_gguf_file, "a GGUF file", [cfg.checkpoint, step], flag="output")
+    out, notes = gguf.export_gguf(step, cfg.out, cfg.dtype)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out} ({cfg.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -1,5 +1,5 @@
-"""`scratchlm eval perplexity|mc|judge`: load a checkpoint, run the evaluation, print a table or JSON, write a
-report (and a plot when a run folder's steps make a series)."""
+"""`scratchlm eval perplexity|mc|judge|harness`: load a checkpoint, run the evaluation, print a table or JSON,
+write a report (and a plot when a run folder's steps make a series)."""
 
 from __future__ import annotations
 
@@ -213,6 +213,77 @@ def mc(argv: list[str], prog: str) -> int:
         plot_series(path, [r["step"] for r in rows], {"acc": [r["acc"] for r in rows],
                     "acc_norm": [r["acc_norm"] for r in rows]}, "step", f"{task.name}, {cfg.shots}-shot")
         print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+# ---- eval harness ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HarnessConfig:
+    """EleutherAI's lm-evaluation-harness on a checkpoint (needs `pip install 'scratchlm[harness]'`)."""
+
+    checkpoint: Path
+    """Checkpoint step folder, or a run folder (its latest step)."""
+    tasks: str = ""
+    """lm_eval task names, comma-separated (e.g. hellaswag,arc_easy; local ones need --include-path)."""
+    include_path: Path | None = None
+    """A folder of task YAML files (offline use: tasks whose data are local JSONL files)."""
+    num_fewshot: int | None = None
+    """Few-shot examples per item (default: each task's own setting)."""
+    limit: int = 0
+    """Evaluate only the first N items of each task (0: all)."""
+    batch_size: int = 8
+    """Requests scored per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16."""
+    seed: int = 1234
+    """Seed of lm_eval's few-shot draws and of sampling."""
+    json: bool = False
+    """Print lm_eval's per-task metrics as one JSON object instead of a table."""
+    out: Path | None = None
+    """Also write lm_eval's full results, with every scored sample, to this JSON file."""
+
+
+def harness(argv: list[str], prog: str) -> int:
+    from scratchlm.eval.report import table
+    from scratchlm.fs import atomic_write_text
+
+    cfg = parse(HarnessConfig, argv, prog)
+    tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ScratchlmError("name the lm_eval tasks: --tasks hellaswag,arc_easy (local ones with --include-path)")
+    if cfg.include_path is not None and not cfg.include_path.is_dir():
+        raise ScratchlmError(f"--include-path {cfg.include_path} is not a folder; pass the folder of task YAML files")
+    try:
+        from scratchlm.eval import harness as lm_harness
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "lm_eval":
+            raise
+        raise ScratchlmError(
+            "eval harness needs lm-evaluation-harness, which is not installed; pip install 'scratchlm[harness]'"
+        ) from None
+    from scratchlm.checkpoint import resolve
+
+    results = lm_harness.evaluate(resolve(cfg.checkpoint), tasks, cfg.include_path, cfg.limit or None,
+                                  cfg.num_fewshot, cfg.batch_size, cfg.device, cfg.dtype, cfg.seed,
+                                  log_samples=cfg.out is not None)  # fmt: skip
+    metrics = {
+        task: {k.split(",")[0]: v for k, v in values.items() if k != "alias" and "_stderr" not in k}
+        for task, values in results["results"].items()
+    }
+    if cfg.json:
+        print(json.dumps(metrics))
+    else:
+        rows = [[task, name, value] for task, values in metrics.items() for name, value in values.items()]
+        print(table(["task", "metric", "value"], rows))
+    if cfg.out is not None:
+        from lm_eval.utils import handle_non_serializable
+
+        text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n"
+        atomic_write_text(cfg.out, text, what="report file")
     return 0
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model info": ("scratchlm.cli.model:info", "parameters, FLOPs and memory of a model config"),
     "convert from-hf": ("scratchlm.cli.convert:from_hf", "Hugging Face GPT-2/Llama folder -> scratchlm checkpoint"),
     "convert to-hf": ("scratchlm.cli.convert:to_hf", "scratchlm checkpoint -> Hugging Face folder"),
+    "convert to-gguf": ("scratchlm.cli.convert:to_gguf", "scratchlm checkpoint -> GGUF file (llama.cpp, Ollama)"),
     "data prepare": ("scratchlm.cli.data:prepare", "clean, de-duplicate and tokenize text into shards"),
     "pretrain": ("scratchlm.cli.train:pretrain", "train a model from scratch on token shards"),
     "scaling sweep": ("scratchlm.cli.scaling:sweep", "IsoFLOP sweep: train model sizes per compute budget"),
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval perplexity": ("scratchlm.cli.eval:perplexity", "sliding-window perplexity, word perplexity, bits/byte"),
     "eval mc": ("scratchlm.cli.eval:mc", "few-shot multiple-choice accuracy"),
     "eval judge": ("scratchlm.cli.eval:judge", "score instruction following with a judge model"),
+    "eval harness": ("scratchlm.cli.eval:harness", "EleutherAI's lm-evaluation-harness on a checkpoint"),
 }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval.perplexity import autocast_for, model_context_length, nll_at, resolve_dtype
+from scratchlm.model.loss import full_cross_entropy
 
 DELIMITER = " "
 """Joins a context to a choice (lm-evaluation-harness's `target_delimiter`)."""
@@ -125,7 +126,6 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx) :]
 
 
-@torch.no_grad()
 def continuation_logprobs(
     model: nn.Module,
     requests: Sequence[tuple[list[int], list[int]]],
@@ -134,11 +134,28 @@ def continuation_logprobs(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> list[float]:
-    """Summed log P(continuation | context) for each (context ids, continuation ids) pair.
+    """Summed log P(continuation | context) for each (context ids, continuation ids) pair (see
+    `continuation_scores`)."""
+    return [lp for lp, _ in continuation_scores(model, requests, max_len, batch_size, device, dtype)]
+
+
+@torch.no_grad()
+def continuation_scores(
+    model: nn.Module,
+    requests: Sequence[tuple[list[int], list[int]]],
+    max_len: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    greedy: bool = False,
+) -> list[tuple[float, bool]]:
+    """(summed log P(continuation | context), is_greedy) for each (context ids, continuation ids) pair.
 
     The input is `(context + continuation)[-(max_len + 1):][:-1]` (the context is cut from the left when too
     long); the last `len(continuation)` positions predict the continuation. Requests are batched longest first,
-    right-padded (padding after a row's tokens never changes its logits under causal attention).
+    right-padded (padding after a row's tokens never changes its logits under causal attention). With `greedy`,
+    is_greedy says whether every continuation token is the argmax at its position (lm-evaluation-harness's
+    second loglikelihood value; it needs the logits of the scored positions), else it is False.
     """
     device = torch.device(device)
     rows: list[list[int]] = []
@@ -151,7 +168,7 @@ def continuation_logprobs(
             raise ScratchlmError("an item has an empty context; give each item some context text")
         rows.append((ctx + cont)[-(max_len + 1) :][:-1])
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    out = [0.0] * len(rows)
+    out = [(0.0, False)] * len(rows)
     was_training = model.training
     model.eval()
     try:
@@ -167,13 +184,32 @@ def continuation_logprobs(
                 cont, L = requests[i][1], len(rows[i])
                 keep[b, L - len(cont) : L] = True
                 targets += cont
+            target_ids = torch.tensor(targets, device=device)
             with autocast_for(device, dtype):  # (N,) in (b, t) order
-                token_logp = -nll_at(model, inputs.to(device), keep.to(device), torch.tensor(targets, device=device))
-            for b, chunk in enumerate(token_logp.split([len(requests[i][1]) for i in idx])):
-                out[idx[b]] = float(chunk.sum())
+                if greedy:
+                    token_logp, hits = _nll_and_argmax_hits(model, inputs.to(device), keep.to(device), target_ids)
+                    token_logp = -token_logp
+                else:
+                    token_logp = -nll_at(model, inputs.to(device), keep.to(device), target_ids)
+                    hits = torch.zeros_like(target_ids, dtype=torch.bool)
+            sizes = [len(requests[i][1]) for i in idx]
+            for b, (chunk, hit) in enumerate(zip(token_logp.split(sizes), hits.split(sizes))):
+                out[idx[b]] = (float(chunk.sum()), bool(hit.all()))
     finally:
         model.train(was_training)
     return out
+
+
+def _nll_and_argmax_hits(
+    model: nn.Module, ids: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`nll_at`'s NLL (N,) (the same computation, so the numbers equal `eval mc`'s) and whether each target is the
+    argmax of its logits (N,) bool; the head runs on the scored positions only."""
+    if hasattr(model, "hidden_states") and hasattr(model, "token_nll"):
+        h = model.hidden_states(ids)[keep]  # (N, C)
+        return model.token_nll(h, targets), model.lm_head(h).argmax(-1) == targets
+    logits = model(ids)[keep]  # (N, V)
+    return full_cross_entropy(logits, targets), logits.argmax(-1) == targets
 
 
 @dataclass

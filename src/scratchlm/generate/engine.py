@@ -75,6 +75,13 @@ class GenSequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     """None while running; "stop" (stop token or string), "length" (max_new_tokens or context full), "cancelled"."""
+    echo_logprobs: bool = False
+    """Also score the prompt: `prompt_logprobs` gets log P(prompt[t] | prompt[:t]) for t >= 1 (`config.logprobs`
+    alternatives each), computed in the prefill; with max_new_tokens 0 the prefill is all that runs."""
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    stop_logprob: tuple[int, TokenLogprob] | None = None
+    """The stop token that ended the sequence and its logprob (when logprobs are wanted): not part of `output`
+    or the text, but reported, as OpenAI and vLLM list it."""
     id: int = field(default_factory=lambda: next(_ids))
     slot: int | None = None
     generator: torch.Generator | None = None
@@ -138,7 +145,7 @@ class Engine:
             # no float64 (and the same seed gives the same numbers on every device)
             seq.generator = torch.Generator()
             seq.generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
-        if seq.config.max_new_tokens == 0:
+        if seq.config.max_new_tokens == 0 and not seq.echo_logprobs:
             seq.finish_reason = "length"
             return seq
         self.waiting.append(seq)
@@ -173,8 +180,16 @@ class Engine:
         admitted = self._admit()
         if admitted:
             logits = self._prefill(admitted)  # (n, V)
-            for seq in self._sample([s.slot for s in admitted], logits):
-                changed[seq.id] = seq
+            sample = []
+            for i, seq in enumerate(admitted):
+                if seq.config.max_new_tokens == 0:  # only the prompt's logprobs were wanted
+                    self.finish(seq, "length")
+                    changed[seq.id] = seq
+                else:
+                    sample.append(i)
+            if sample:
+                for seq in self._sample([admitted[i].slot for i in sample], logits[sample]):
+                    changed[seq.id] = seq
         # Everyone running decodes, the newly prefilled included (their slot must not get a dummy token).
         decoding = [s for s in self.rows if s is not None]
         if decoding:
@@ -270,6 +285,16 @@ class Engine:
             self.cache.copy_rows_from(small, torch.tensor(slots, device=self.device))
         if self._seen is not None:
             self._reset_penalty_rows(seqs)
+        for i, s in enumerate(seqs):
+            if s.echo_logprobs and lengths[i] > 1:
+                # position t predicts prompt[t + 1]: the head on the prompt's positions, this row only
+                targets = torch.tensor(s.prompt[1:], device=self.device)
+                chosen, top_v, top_i = logprobs_of(self.model.lm_head(hidden[i, : lengths[i] - 1]), targets,
+                                                   s.config.logprobs or 0)  # fmt: skip
+                s.prompt_logprobs = [
+                    TokenLogprob(v, list(zip(ti, tv)))
+                    for v, ti, tv in zip(chosen.tolist(), top_i.tolist(), top_v.tolist())
+                ]
         last = torch.tensor(lengths, device=self.device) - 1
         # the output head only on each prompt's last position: (n, C) -> (n, V), not (n, L, V)
         return self.model.lm_head(hidden[torch.arange(n, device=self.device), last])
@@ -322,6 +347,10 @@ class Engine:
         for i, seq in enumerate(seqs):
             tok = id_list[i]
             if tok in seq.stop_ids:
+                if want_lp[i]:
+                    k = seq.config.logprobs or 0
+                    top = list(zip(top_i[i, :k].tolist(), top_v[i, :k].tolist()))
+                    seq.stop_logprob = (tok, TokenLogprob(float(chosen[i]), top))
                 self.finish(seq, "stop")
                 continue
             seq.output.append(tok)

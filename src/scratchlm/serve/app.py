@@ -49,9 +49,15 @@ from scratchlm.generate.chat import chat_prompt
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.engine import Engine, TokenLogprob, make_sequences
 from scratchlm.generate.text import default_stop_ids, encode_prompt
-from scratchlm.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
+from scratchlm.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    error_body,
+)
 from scratchlm.serve.worker import EngineWorker, Job, NeverFits, Piece, QueueFull
-from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.chat import ChatTemplate, chat_template_jinja
 
 log = logging.getLogger("scratchlm.serve")
 
@@ -162,7 +168,9 @@ def create_app(
         prompts = await asyncio.to_thread(_prompt_ids, state, req.prompt)  # tokenizing is slow: off the loop
         max_new = _max_new(state, req.max_tokens, "max_tokens", prompts)
         cfg = _sample_config(req, max_new, logprobs=req.logprobs)
-        job = _submit(state, prompts, cfg, stop_ids=default_stop_ids(state.tokenizer, cfg))
+        # echo + logprobs also scores the prompt (lm-evaluation-harness's loglikelihood requests)
+        score_prompt = req.echo and req.logprobs is not None and not req.stream
+        job = _submit(state, prompts, cfg, default_stop_ids(state.tokenizer, cfg), echo_logprobs=score_prompt)
         echo = [state.tokenizer.decode(p) if req.echo else "" for p in prompts for _ in range(cfg.n)]
         meta = _meta("cmpl", req.model, "text_completion")
         usage_prompt = sum(len(p) for p in prompts)
@@ -173,15 +181,37 @@ def create_app(
             return _CLIENT_GONE
         choices = []
         for i, r in enumerate(results):
-            lp = (
-                _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i]))
-                if req.logprobs is not None
-                else None
-            )
+            lp = None
+            if score_prompt:
+                lp = _echo_logprobs(state.tokenizer, job.seqs[i], r)
+            elif req.logprobs is not None:
+                lp = _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i]))
             choices.append(
                 {"text": echo[i] + r.text, "index": i, "logprobs": lp, "finish_reason": r.finish_reason}
             )
         return {**meta, "choices": choices, "usage": _usage(usage_prompt, results)}
+
+    # vLLM's tokenizer endpoints: lm-evaluation-harness's `local-completions` finds them and then tokenizes
+    # through the server, so it scores exactly the ids this model was trained on (no Hugging Face tokenizer).
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        tok = state.tokenizer
+        eot = None if tok.eot_id is None else tok.decode([tok.eot_id])
+        return {"eos_token": eot, "bos_token": eot, "pad_token": None, "model_max_length": state.context_length,
+                "chat_template": chat_template_jinja(state.template)}  # fmt: skip
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict[str, Any]:
+        _check_chars(state, len(req.prompt), param="prompt")
+        ids = await asyncio.to_thread(state.tokenizer.encode, req.prompt, allowed_special="all")
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.context_length}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict[str, Any]:
+        V = state.tokenizer.vocab_size
+        if any(not 0 <= t < V for t in req.tokens):
+            raise ApiError(400, f"tokens has ids outside 0..{V - 1}", param="tokens")
+        return {"prompt": state.tokenizer.decode(req.tokens)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
@@ -310,8 +340,12 @@ def _sample_config(req: Any, max_new: int, logprobs: int | None) -> SampleConfig
         raise ApiError(400, str(e), param=getattr(e, "param", None), code="invalid_value") from None
 
 
-def _submit(state: ServerState, prompts: list[list[int]], cfg: SampleConfig, stop_ids: list[int]) -> Job:
+def _submit(
+    state: ServerState, prompts: list[list[int]], cfg: SampleConfig, stop_ids: list[int], echo_logprobs: bool = False
+) -> Job:
     seqs = [s for group in make_sequences(prompts, cfg, stop_ids) for s in group]
+    for s in seqs:
+        s.echo_logprobs = echo_logprobs
     job = Job(seqs, state.tokenizer, cfg.stop, asyncio.get_running_loop())
     try:
         state.worker.submit(job)
@@ -502,6 +536,19 @@ def _completion_logprobs(
         "top_logprobs": [{_token_str(tokenizer, t): v for t, v in lp.top} for lp in lps],
         "text_offset": offsets,
     }
+
+
+def _echo_logprobs(tokenizer: Any, seq: Any, r: _Result) -> dict[str, Any]:
+    """Logprobs of the prompt, then of the generated tokens, then of the stop token if one ended the reply (it
+    is in no text, but listed, as OpenAI and vLLM do). The first prompt token has no logprob: None."""
+    ids, lps = list(seq.prompt) + r.ids, [*seq.prompt_logprobs, *r.logprobs]
+    if seq.stop_logprob is not None:
+        ids.append(seq.stop_logprob[0])
+        lps.append(seq.stop_logprob[1])
+    out = _completion_logprobs(tokenizer, ids, lps, 0)
+    out["token_logprobs"] = [None, *out["token_logprobs"]]
+    out["top_logprobs"] = [None, *out["top_logprobs"]]
+    return out
 
 
 def _chat_logprobs(tokenizer: Any, ids: list[int], lps: list[TokenLogprob]) -> dict[str, Any]:

@@ -72,6 +72,20 @@ class CompletionRequest(_Request):
     echo: bool = False
 
 
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's shape; lm-evaluation-harness's remote tokenizer uses it)."""
+
+    prompt: str
+    add_special_tokens: bool = False
+    """Accepted for compatibility: scratchlm tokenizers add no BOS/EOS tokens."""
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize."""
+
+    tokens: list[int]
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

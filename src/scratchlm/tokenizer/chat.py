@@ -21,6 +21,7 @@ Pure Python: never imports torch (the layering test checks it).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -245,3 +246,28 @@ BUILTIN: dict[str, ChatTemplate] = {
         stop=["<|endoftext|>"],
     ),
 }
+
+
+def chat_template_jinja(template: ChatTemplate) -> str:
+    """The template as Jinja, the form GGUF files (`tokenizer.chat_template`) and servers' `/tokenizer_info`
+    carry: it renders exactly the text `template.render` gives (llama.cpp, LM Studio, lm-evaluation-harness)."""
+
+    def lit(text: str) -> str:  # a Jinja string literal (JSON's escapes are Jinja's)
+        return json.dumps(text, ensure_ascii=False)
+
+    def emit(expr: str) -> str:
+        return "{{ " + expr + " }}"
+
+    turns = []
+    for k, role in enumerate(("system", "user", "assistant")):
+        prefix, suffix = getattr(template, f"{role}_prefix"), getattr(template, f"{role}_suffix")
+        keyword = "if" if k == 0 else "elif"
+        turns.append(f"{{% {keyword} message['role'] == {lit(role)} %}}")
+        turns.append(emit(f"{lit(prefix)} + message['content'] + {lit(suffix)}"))
+    parts = [emit(lit(template.bos))]
+    if template.default_system:
+        system = template.system_prefix + template.default_system + template.system_suffix
+        parts += ["{% if messages[0]['role'] != 'system' %}", emit(lit(system)), "{% endif %}"]
+    parts += ["{% for message in messages %}", *turns, "{% endif %}{% endfor %}"]
+    parts += ["{% if add_generation_prompt %}", emit(lit(template.assistant_prefix)), "{% endif %}"]
+    return "".join(parts)
