@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from scratchlm.cli.main import main
+from scratchlm.errors import ScratchlmError
 from scratchlm.scaling.fit import Run, fit_approach3
 from scratchlm.scaling.results import RESULT_FILE, RUNS_DIR, collect
-from scratchlm.scaling.sweep import plan, sweep
+from scratchlm.scaling.sweep import check_sweep_folder, data_fingerprint, plan, sweep
 
 _spec = importlib.util.spec_from_file_location("scaling_conftest", Path(__file__).with_name("conftest.py"))
 _conf = importlib.util.module_from_spec(_spec)
@@ -149,12 +151,17 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_same_table(
 def test_a_sweep_under_torchrun(finished_sweep: tuple[Path, object], shards: Path, tmp_path: Path) -> None:
     """Two processes share each run (DDP on gloo): every run finishes, rank 0 writes the table."""
     out = tmp_path / "ddp"
+    with socket.socket() as sock:  # a free rendezvous port: other torchrun tests may be running
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
+        "--master_port",
+        str(port),
         "-m",
         "scratchlm",
         "scaling",
@@ -299,3 +306,20 @@ def test_model_info_budget_without_a_law(capsys: pytest.CaptureFixture[str], tmp
     assert code == 0 and "N 3,162,278, D 63,245,553" in out
     code, _, err = _cli(["model", "info", "--budget", "1e15", "--law", str(tmp_path)], capsys)
     assert "has no fit.json; fit its sweep first" in _one_line_error(code, err)
+
+
+def test_a_setting_added_since_the_sweep_holds_its_default(
+    finished_sweep: tuple[Path, object], shards: Path, tmp_path: Path
+) -> None:
+    """A sweep.json from before a setting existed: its runs had the default, so only the default extends it."""
+    out = tmp_path / "older"
+    shutil.copytree(finished_sweep[0], out)
+    record = json.loads((out / "sweep.json").read_text())
+    del record["run"]["precision"]
+    (out / "sweep.json").write_text(json.dumps(record))
+    fingerprint = data_fingerprint(shards)
+    check_sweep_folder(tiny_sweep_config(shards, out), fingerprint)  # the default: accepted
+    changed = tiny_sweep_config(shards, out)
+    changed.run.precision = "bf16"
+    with pytest.raises(ScratchlmError, match="was trained with --run.precision 'auto', not 'bf16'"):
+        check_sweep_folder(changed, fingerprint)

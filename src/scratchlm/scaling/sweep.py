@@ -47,6 +47,7 @@ from scratchlm.scaling.results import (
     table,
     write_csv,
 )
+from scratchlm.train.config import PRECISIONS
 
 SWEEP_VERSION = 1
 FLOPS_CONVENTIONS = ("6N", "planner")
@@ -75,6 +76,8 @@ class RunSettings:
     """Seed for weights and data order, the same for every run."""
     flops: str = "6N"
     """Training FLOPs per token: 6N (Kaplan, Chinchilla) or planner (model.sizing: attention and head included)."""
+    precision: str = "auto"
+    """fp32, bf16, fp16 (GPU) or auto (the training loop's choice for the device)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
@@ -87,6 +90,10 @@ class RunSettings:
             raise ConfigError(f"--run.warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.eval_batches < 0:
             raise ConfigError(f"--run.eval-batches must be >= 0, got {self.eval_batches}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--run.precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
+            )
         if self.flops not in FLOPS_CONVENTIONS:
             raise ConfigError(
                 f"--run.flops {self.flops!r} is unknown; use one of {', '.join(FLOPS_CONVENTIONS)}"
@@ -294,12 +301,16 @@ def check_sweep_folder(config: SweepConfig, fingerprint: dict[str, Any]) -> None
             f"({fingerprint['train_tokens']:,}); pass the same --data or a new --out"
         )
     new = _settings(config)
+    defaults = {"family": to_dict(FamilyConfig()), "run": to_dict(RunSettings())}
     for section in ("family", "run"):
-        for key in sorted(set(new[section]) | set(old.get(section, {}))):
-            if new[section].get(key) != old.get(section, {}).get(key):
+        before = old.get(section, {})
+        for key in sorted(set(new[section]) | set(before)):
+            # a setting an older sweep.json lacks (added since) must hold its default, which the older runs had
+            was = before.get(key, defaults[section].get(key))
+            if new[section].get(key) != was:
                 raise ScratchlmError(
                     f"sweep folder {config.out} was trained with --{section}.{key.replace('_', '-')} "
-                    f"{old.get(section, {}).get(key)!r}, not {new[section].get(key)!r}: its runs would not be "
+                    f"{was!r}, not {new[section].get(key)!r}: its runs would not be "
                     "comparable; rerun with the same setting or pass a new --out"
                 )
 
@@ -374,6 +385,7 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any] | None:
         warmup_steps=max(1, round(s.warmup_fraction * run.steps)) if s.warmup_fraction else 0,
         weight_decay=s.weight_decay,
         beta2=s.beta2,
+        precision=s.precision,
         eval_every=0,
         eval_batches=s.eval_batches,
         save_every=spec["save_every"],
