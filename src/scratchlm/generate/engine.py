@@ -107,12 +107,19 @@ class Engine:
     """Continuous batching over `slots` rows of one KVCache. Use `add` + `step`, or `run` for a static batch."""
 
     def __init__(
-        self, model: nn.Module, slots: int = 8, max_len: int | None = None, compile: bool | str = False
+        self,
+        model: nn.Module,
+        slots: int = 8,
+        max_len: int | None = None,
+        compile: bool | str = False,
+        vocab_limit: int | None = None,
     ) -> None:
         self.model = model
         self.max_len = min(max_len or model.config.context_length, model.config.context_length)
         self.device = next(model.parameters()).device
-        self.vocab_size = model.config.vocab_size
+        # Ids the caller can use: a model may have more embedding rows than its tokenizer has tokens (GPT-2's
+        # 50,257 padded to 50,304, a char model trained on a prefix); the extra rows are never sampled.
+        self.vocab_size = min(model.config.vocab_size, vocab_limit or model.config.vocab_size)
         self.cache = KVCache.for_model(model, slots, self.max_len)
         self.rows: list[GenSequence | None] = [None] * slots
         self.waiting: deque[GenSequence] = deque()
@@ -335,7 +342,7 @@ class Engine:
         """Pick one token for each sequence in `slots` from its (V,) row of `logits`, then apply stop rules."""
         seqs = [self.rows[i] for i in slots]
         assert all(s is not None for s in seqs)
-        logits = logits.float()
+        logits = logits[:, : self.vocab_size].float()
         seen, counts = self._penalty_state(seqs)
         settings = self._row_settings(seqs)
         ids = next_token(logits, settings, [s.generator for s in seqs], seen=seen, counts=counts)
@@ -409,6 +416,7 @@ def generate_ids(
     stop_ids: Sequence[int] = (),
     slots: int | None = None,
     compile: bool | str = False,
+    vocab_limit: int | None = None,
 ) -> list[list[GenSequence]]:
     """Generate for a batch of prompts (any lengths): for each prompt, its `config.n` finished sequences.
 
@@ -418,7 +426,9 @@ def generate_ids(
     groups = make_sequences(prompts, config, stop_ids)
     flat = [s for g in groups for s in g]
     max_len = static_max_len(model, prompts, config, compile)
-    engine = Engine(model, slots=slots or max(1, len(flat)), max_len=max_len, compile=compile)
+    engine = Engine(
+        model, slots=slots or max(1, len(flat)), max_len=max_len, compile=compile, vocab_limit=vocab_limit
+    )
     for _ in engine.run(flat):
         pass
     return groups

@@ -37,7 +37,9 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt, allowed_special="all")
     if not ids:
         if tokenizer.eot_id is None:
-            raise ScratchlmError("the prompt is empty and the tokenizer has no <|endoftext|> token; give a prompt")
+            raise ScratchlmError(
+                "the prompt is empty and the tokenizer has no <|endoftext|> token; give a prompt"
+            )
         ids = [tokenizer.eot_id]
     return ids
 
@@ -65,7 +67,9 @@ def complete(
     flat = [s for g in groups for s in g]
     streams = {s.id: TextStream(tokenizer, config.stop) for s in flat}
     max_len = static_max_len(model, prompt_ids, config, compile)
-    engine = Engine(model, slots=slots or len(flat), max_len=max_len, compile=compile)
+    engine = Engine(
+        model, slots=slots or len(flat), max_len=max_len, compile=compile, vocab_limit=tokenizer.vocab_size
+    )
     with _eval_mode(model):
         for changed in engine.run(flat):
             for seq in changed:
@@ -103,7 +107,8 @@ def stream_completion(
     stops = default_stop_ids(tokenizer, config) if stop_ids is None else list(stop_ids)
     [[seq]] = make_sequences([ids], replace(config, n=1), stops)
     text = TextStream(tokenizer, config.stop)
-    engine = Engine(model, slots=1, max_len=static_max_len(model, [ids], config, compile), compile=compile)
+    max_len = static_max_len(model, [ids], config, compile)
+    engine = Engine(model, slots=1, max_len=max_len, compile=compile, vocab_limit=tokenizer.vocab_size)
     with _eval_mode(model):
         for _ in engine.run([seq]):
             yield feed_text(engine, seq, text), None

@@ -110,7 +110,7 @@ def create_app(
     context = model.config.context_length
     if max_len is not None and not 1 <= max_len <= context:
         raise ScratchlmError(f"max_len must be between 1 and the model's context {context}, got {max_len}")
-    engine = Engine(model, slots=slots, max_len=max_len, compile=compile)
+    engine = Engine(model, slots=slots, max_len=max_len, compile=compile, vocab_limit=tokenizer.vocab_size)
     engine.warm_up()
     state = ServerState(
         model_name=model_name,
