@@ -36,7 +36,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from scratchlm import checkpoint
+import scratchlm
 from scratchlm.device import resolve_device
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval.fewshot import continuation_scores, encode_pair
@@ -175,7 +175,9 @@ def _int(value: int | str | None, default: int, name: str) -> int:
 
 
 def _load(path: str | os.PathLike[str], device: torch.device) -> tuple[Any, Any]:
-    return checkpoint.load(path, device=device)
+    # lm_eval builds the model from its model_args, so this module opens the checkpoint itself: through the
+    # package's one public door (the other eval modules are handed a loaded model by the CLI)
+    return scratchlm.load(path, device=device)
 
 
 def evaluate(
