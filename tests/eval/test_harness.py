@@ -252,3 +252,14 @@ def test_eval_harness_without_lm_eval_is_one_line(ckpt: Path, tmp_path: Path) ->
     assert proc.stderr.strip().splitlines() == [
         "error: eval harness needs lm-evaluation-harness, which is not installed; pip install 'scratchlm[harness]'"
     ]
+
+
+def test_eval_harness_bad_flags(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["eval", "harness", "--checkpoint", str(ckpt)]
+    assert main(base) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: name the lm_eval tasks: --tasks hellaswag,arc_easy (local ones with --include-path)"
+    )
+    assert main([*base, "--tasks", "tiny_mc", "--include-path", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is not a folder; pass the folder of task YAML files") and len(err.splitlines()) == 1

@@ -265,7 +265,7 @@ def test_chat_template_jinja_renders_like_ours(name: str) -> None:
 # ---- f16 / q8_0: the perplexity is kept ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, bpe: BPETokenizer) -> dict[str, Path]:
-    """Per family, a tiny model trained for 60 steps on Tiny Shakespeare (a peaked distribution, so rounding
+    """Per family, a tiny model trained for 150 steps on Tiny Shakespeare (a peaked distribution, so rounding
     the weights would show in the perplexity)."""
     text = shakespeare()
     data = torch.tensor(bpe.encode_ordinary(text[:200_000]))
@@ -273,9 +273,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, bpe: BPETokenizer) -> dict
     for family in ("gpt2", "llama"):
         torch.manual_seed(0)
         model = GPT(ModelConfig(vocab_size=bpe.vocab_size + 3, **SHAPES, **FAMILIES[family]))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(0)
-        for _ in range(60):
+        for _ in range(150):
             starts = torch.randint(0, len(data) - 65, (12,), generator=gen)
             batch = torch.stack([data[s : s + 65] for s in starts])
             logits = model(batch[:, :-1])

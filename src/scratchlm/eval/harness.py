@@ -36,7 +36,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from scratchlm import checkpoint
+import scratchlm
 from scratchlm.device import resolve_device
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval.fewshot import continuation_scores, encode_pair
@@ -83,9 +83,9 @@ class ScratchlmLM(LM):
         return str(getattr(self.tokenizer, "name", None) or "scratchlm")
 
     # ---- scoring -------------------------------------------------------------------------------------------------
-    def _score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def _score(self, pairs: Sequence[tuple[list[int], list[int]]], greedy: bool) -> list[tuple[float, bool]]:
         return continuation_scores(
-            self.model, pairs, self.max_length, self.batch_size, self._device, self.dtype, greedy=True
+            self.model, pairs, self.max_length, self.batch_size, self._device, self.dtype, greedy=greedy
         )
 
     def _context_start(self) -> list[int]:
@@ -103,7 +103,7 @@ class ScratchlmLM(LM):
             context, continuation = req.args
             ctx, cont = encode_pair(self.tokenizer, context, continuation)
             pairs.append((ctx or self._context_start(), cont))
-        out = self._score(pairs)
+        out = self._score(pairs, greedy=True)
         for req, result in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
         return out
@@ -123,7 +123,7 @@ class ScratchlmLM(LM):
                 pairs.append((list(ctx), list(cont)))
                 owner.append(r)
         totals = [0.0] * len(requests)
-        for r, (lp, _) in zip(owner, self._score(pairs)):
+        for r, (lp, _) in zip(owner, self._score(pairs, greedy=False)):  # no logits of whole windows
             totals[r] += lp
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
@@ -175,7 +175,9 @@ def _int(value: int | str | None, default: int, name: str) -> int:
 
 
 def _load(path: str | os.PathLike[str], device: torch.device) -> tuple[Any, Any]:
-    return checkpoint.load(path, device=device)
+    # lm_eval builds the model from its model_args, so this module opens the checkpoint itself: through the
+    # package's one public door (the other eval modules are handed a loaded model by the CLI)
+    return scratchlm.load(path, device=device)
 
 
 def evaluate(
@@ -221,7 +223,9 @@ def main() -> None:
 
     try:
         cli_evaluate()
-    except ScratchlmError as e:  # ours (a missing checkpoint, ...): one line, as the scratchlm command prints it
+    except (
+        ScratchlmError
+    ) as e:  # ours (a missing checkpoint...): one line, as the scratchlm command prints it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
