@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -81,7 +81,16 @@ def common(shards: Path, accum_over: int = 2) -> list[str]:
         "5",
         "--sample-tokens",
         "8",
+        "--precision",
+        "fp32",  # equal to 1e-6 is an fp32 property; `auto` is bf16 on CPUs with hardware bf16
     ]
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (the OS picks it: no clash with other tests' torchrun)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -91,7 +100,7 @@ def torchrun(nproc: int, args: list[str], timeout: float = 300) -> subprocess.Co
             "--nproc_per_node",
             str(nproc),
             "--master_port",
-            str(random.randint(20000, 60000)),
+            str(_free_port()),
             *args,
         ],
         env=ENV,
@@ -409,6 +418,8 @@ def test_sft_under_fsdp_equals_one_process(tmp_path: Path, lora: bool) -> None:
         "false",
         "--log-every",
         "1",
+        "--precision",
+        "fp32",
         *(["--lora-rank", "4"] if lora else []),
     ]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -429,7 +440,7 @@ def test_two_loopback_nodes_equal_one_node_with_two_workers(
 ) -> None:
     """Multi-node as documented (c10d rendezvous): two torchrun "nodes" of one worker each on loopback give the
     run of one torchrun with two workers (measured: bitwise equal)."""
-    port = random.randint(20000, 60000)
+    port = _free_port()
     cmd = [
         "torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback",
