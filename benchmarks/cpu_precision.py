@@ -19,22 +19,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from run_cli import scratchlm  # benchmarks/run_cli.py: a script's own folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def scratchlm(args: list[str]) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
-    }
-    r = subprocess.run([sys.executable, "-m", "scratchlm", *args], env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"scratchlm {' '.join(args)} failed:\n{r.stderr[-3000:]}")
 
 
 def run(name: str, args: list[str], precision: str, out: Path) -> dict:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from run_cli import scratchlm  # benchmarks/run_cli.py: a script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -30,17 +30,6 @@ sys.path.insert(0, str(REPO / "src"))
 from scratchlm.generate import SampleConfig, generate_ids  # noqa: E402
 from scratchlm.model import GPT, ModelConfig  # noqa: E402
 from scratchlm.model.quant import quantize_int8  # noqa: E402
-
-
-def scratchlm(args: list[str]) -> str:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
-    }
-    r = subprocess.run([sys.executable, "-m", "scratchlm", *args], env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"scratchlm {' '.join(args)} failed:\n{r.stderr[-3000:]}")
-    return r.stdout
 
 
 def perplexities(steps: int, lines: int) -> dict[str, float]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from run_cli import scratchlm  # benchmarks/run_cli.py: a script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = {"adamw": [1.5e-3, 3e-3, 6e-3], "muon": [0.01, 0.02, 0.04]}
@@ -48,13 +48,7 @@ def pretrain(out: Path, optimizer: str, lr: float, steps: int, eval_every: int) 
         "--progress",
         "False",
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
-    }
-    r = subprocess.run([sys.executable, "-m", "scratchlm", *args], env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"scratchlm {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    scratchlm(args)
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     return [r for r in records if r.get("kind") == "eval"]
 
