@@ -11,6 +11,9 @@ Sections (each one's failure is recorded and the run goes on; the exit status is
    (`model(x, targets=y, reduction="mean")`) against `transformers`' GPT2LMHeadModel (SDPA, `F.cross_entropy` on logits).
    Median s/step, tokens/s, TFLOP/s and MFU (6N + 12LCT FLOPs per token against the device's listed peak),
    peak memory (`torch.cuda.max_memory_allocated` over the timed steps), and the warm-up (compile) time.
+1b. pretrain_cli: `scratchlm data prepare` + `scratchlm pretrain --preset gpt2` in a subprocess, as a user types
+   them (fewer tokens per step and steps): the whole loop's tokens/s and MFU from its metrics.jsonl, beside the
+   bare step's.
 2. decode: greedy decode tokens/s at batch 1 and 64, scratchlm's KV-cache engine (`generate_ids`) against
    `transformers` `generate` with its cache, same random weights (built in HF, copied through the state-dict
    map), prefill excluded: B * (N - 1) / (time for N new tokens - time for 1). Speeds in bf16 weights on CUDA;
@@ -27,9 +30,10 @@ section, so a run cut short keeps what it measured) with every figure, the devic
 settings.
 
 No network is needed: the loss curve reads tinyshakespeare.txt and gpt2/{encoder.json,vocab.bpe} (2.6 MB)
-from $SCRATCHLM_MIRROR, by default <repo>/shared/data or <repo>/../shared/data where one exists. scratchlm
-is imported from this tree's src/ (no install needed); torch, transformers, pytest and tiktoken (else a
-slower encoder) must be there; the CLI and serving packages (tyro, fastapi) are not needed.
+from $SCRATCHLM_MIRROR, by default <repo>/shared/data or <repo>/../shared/data where one exists; pretrain_cli's
+`data prepare` also reads wikitext-2-test.tokens (its default decontamination set). scratchlm is imported from
+this tree's src/ (no install needed); torch, transformers, pytest and tiktoken (else a slower encoder) must be
+there, and tyro for pretrain_cli (the CLI; carry its wheel to a bare GPU machine); fastapi is not needed.
 """
 
 from __future__ import annotations
