@@ -123,3 +123,15 @@ def test_config_errors_are_one_line() -> None:
         TrainConfig(max_steps=None)
     with pytest.raises(ConfigError, match="--min-lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3)
+
+
+def test_with_clipping_a_grad_norm_jump_alone_is_accepted_and_learned() -> None:
+    """Found with the quickstart at --lr 1.5e-3: the gradient norm rose from ~1.5 to ~30 as the model left its
+    first plateau (loss steady), every step was skipped as a spike, and the run never trained again. Clipping
+    already bounds such a step, so with clipping only the loss (and non-finite values) makes a spike."""
+    guard = SpikeGuard(window=20, zscore=6.0, patience=3, clipped=True)
+    _warm(guard)
+    assert guard.check(20, 2.0, 80.0) == (OK, "")  # accepted: enters the history
+    assert guard.norms[-1] == 80.0
+    assert guard.check(21, 50.0, 1.0)[0] == SKIP  # a loss spike still is one
+    assert guard.check(22, 2.0, float("inf"))[0] == SKIP  # and so is a non-finite norm

@@ -2,7 +2,7 @@
 
 A spike (one bad batch, an fp16 overflow, an instability starting) is judged before the optimizer step, by the
 z-score of the step's loss and of its gradient norm against the mean and standard deviation of the last `window`
-accepted steps. A spike skips the optimizer update (the batch is consumed, the weights and AdamW moments are not
+accepted steps (the gradient norm's only without clipping, which bounds such a step by itself). A spike skips the optimizer update (the batch is consumed, the weights and AdamW moments are not
 touched). A non-finite loss or gradient norm is always a spike, so NaN/inf never reaches the weights and thus
 never reaches a checkpoint. `patience` spikes within one window mean the run itself has gone bad: the loop rolls
 back to the last good checkpoint and lowers the learning rate.
@@ -22,8 +22,14 @@ OK, SKIP, ROLLBACK = "ok", "skip", "rollback"
 class SpikeGuard:
     """Moving-window z-score test on (loss, grad_norm); `window == 0` disables it except for non-finite values."""
 
-    def __init__(self, window: int = 50, zscore: float = 6.0, patience: int = 3, min_history: int = 10) -> None:
+    def __init__(
+        self, window: int = 50, zscore: float = 6.0, patience: int = 3, min_history: int = 10, clipped: bool = False
+    ) -> None:
         self.window, self.zscore, self.patience = window, zscore, patience
+        # With gradient clipping a jump of the gradient norm alone is no spike: the clip already bounds that
+        # step's update, and a run whose norm grows for good (a model leaving its first plateau, loss steady)
+        # would otherwise skip every step from then on, its history never learning the new level.
+        self.clipped = clipped
         # z-scores over fewer points are noise; and early training legitimately moves fast
         self.min_history = min(min_history, window) if window else 0
         self.losses: deque[float] = deque(maxlen=max(window, 1))
@@ -44,7 +50,7 @@ class SpikeGuard:
             reason = f"non-finite loss {loss} / grad norm {grad_norm}"
         elif self.window and len(self.losses) >= self.min_history:
             z_loss, z_norm = self._z(self.losses, loss), self._z(self.norms, grad_norm)
-            if z_loss > self.zscore or z_norm > self.zscore:
+            if z_loss > self.zscore or (z_norm > self.zscore and not self.clipped):
                 reason = f"loss {loss:.4g} (z={z_loss:.1f}), grad norm {grad_norm:.4g} (z={z_norm:.1f})"
         if not reason:
             self.losses.append(loss)

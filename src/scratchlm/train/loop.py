@@ -329,7 +329,7 @@ class Trainer:
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience)
+        self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience, clipped=cfg.grad_clip > 0)
         self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
         self.evaluate_val = self._check_validation()
         if cfg.eval_tasks:  # likewise a typo in a task name
