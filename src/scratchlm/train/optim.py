@@ -95,8 +95,9 @@ class MuonWithAdamW:
     """Muon for the blocks' matrices and AdamW for the rest, stepped as one optimizer.
 
     It offers what the loop and `torch.amp.GradScaler` use of an optimizer: `param_groups` (Muon's first, each
-    group a live dict, so `set_lr` reaches them), `step`, `zero_grad`, `state_dict` and `load_state_dict`. Muon's
-    groups carry `lr_ratio` = muon_lr / lr: the one schedule drives both learning rates.
+    group a live dict, so `set_lr` reaches them), `step` and `zero_grad`. Its state is saved and loaded per part,
+    name-keyed, by `train/distributed.py` (`{"muon": ..., "adamw": ...}`). Muon's groups carry `lr_ratio` =
+    muon_lr / lr: the one schedule drives both learning rates.
     """
 
     def __init__(self, module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
@@ -132,17 +133,6 @@ class MuonWithAdamW:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {"muon", "adamw"}:
-            raise ScratchlmError("this checkpoint's optimizer state is AdamW's: resume it with --optimizer adamw "
-                                 "(or start Muon from its weights with --checkpoint, without --resume)")
-        self.muon.load_state_dict(state["muon"])
-        if self.adamw is not None:
-            self.adamw.load_state_dict(state["adamw"])
 
 
 def lr_at(
