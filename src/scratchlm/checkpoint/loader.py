@@ -4,6 +4,7 @@
     full finetune                    model.safetensors                      -> GPT
     LoRA adapter-only                adapters.safetensors + lora.base       -> GPT, adapters merged (merge=False: kept)
     classifier (full or LoRA)        ... + classifier.safetensors           -> ClassifierModel
+    reward model (full or LoRA)      ... + classifier.safetensors (1 score) -> RewardModel
 
 `scratchlm.load`, every CLI command, the server and HF export call it; nothing else opens a checkpoint's weights.
 A chain of LoRA runs works: the base is itself read through `read`.
@@ -24,17 +25,22 @@ from scratchlm.checkpoint.folder import WEIGHTS_FILE, load_config, load_tokenize
 from scratchlm.dataclass_io import from_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.model import GPT, ModelConfig
-from scratchlm.model.classifier import ClassifierModel
+from scratchlm.model.classifier import ClassifierModel, RewardModel
 from scratchlm.model.lora import LoRAConfig, inject_lora, load_adapter_state_dict, merge_lora
 from scratchlm.model.vocab import resize_vocab
 from scratchlm.tokenizer import Tokenizer
 
-KINDS = ("lm", "classifier")
+KINDS = ("lm", "classifier", "reward")
+
+
+def kind_of(config: dict[str, Any]) -> str:
+    """"classifier" or "reward" when config.json has that section, else "lm"."""
+    return next((k for k in KINDS[1:] if k in config), "lm")
 
 
 @dataclass
 class Loaded:
-    """What `read` returns. `model` is a `GPT`, or a `ClassifierModel` for a classifier checkpoint."""
+    """What `read` returns. `model` is a `GPT`, a `ClassifierModel` or a `RewardModel` (by `kind`)."""
 
     model: nn.Module
     tokenizer: Tokenizer
@@ -45,7 +51,7 @@ class Loaded:
 
     @property
     def kind(self) -> str:
-        return "classifier" if "classifier" in self.config else "lm"
+        return kind_of(self.config)
 
 
 def read(
@@ -58,18 +64,17 @@ def read(
 ) -> Loaded:
     """Open any checkpoint folder (step or run folder); the module comes back in eval mode.
 
-    `merge`: fold LoRA adapters into the weights (False keeps them as `LoRALinear` layers). `expect`: "lm" or
-    "classifier" refuses the other kind with a one-line error that names the command to use.
+    `merge`: fold LoRA adapters into the weights (False keeps them as `LoRALinear` layers). `expect`: "lm",
+    "classifier" or "reward" refuses the other kinds with a one-line error that names the command to use.
     """
     step = resolve(path)
     config = load_config(step)
-    kind = "classifier" if "classifier" in config else "lm"
+    kind = kind_of(config)
     if expect is not None and kind != expect:
-        if kind == "classifier":
-            raise ScratchlmError(
-                f"{step} is a classifier checkpoint; use `scratchlm classify` with it, or a language-model checkpoint"
-            )
-        raise ScratchlmError(f"{step} is not a classifier checkpoint; make one with `scratchlm finetune classify`")
+        if kind != "lm":
+            use = {"classifier": "scratchlm classify", "reward": "scratchlm score"}[kind]
+            raise ScratchlmError(f"{step} is a {kind} checkpoint; use `{use}` with it, or a {_WHAT[expect]} checkpoint")
+        raise ScratchlmError(f"{step} is not a {_WHAT[expect]} checkpoint; make one with {_MAKE[expect]}")
     model_config = from_dict(ModelConfig, config["model"], where=f"{step / 'config.json'} model")
     tokenizer = load_tokenizer(step, model_config)
     if (step / ADAPTER_FILE).is_file():
@@ -86,8 +91,16 @@ def read(
         if not isinstance(labels, list) or not labels:
             raise ScratchlmError(f"checkpoint {step}: config.json classifier.labels is missing; it is damaged")
         module = ClassifierModel(model, len(labels))
+    elif kind == "reward":
+        module = RewardModel(model)
+    if kind != "lm":
         module.head.load_state_dict(read_head(step, device))
     return Loaded(module.eval(), tokenizer, config, step)
+
+
+_WHAT = {"lm": "language-model", "classifier": "classifier", "reward": "reward-model"}
+_MAKE = {"lm": "`scratchlm pretrain`", "classifier": "`scratchlm finetune classify`",
+         "reward": "`scratchlm finetune reward`"}
 
 
 def _adapted(step: Path, config: dict[str, Any], device: Any, dtype: torch.dtype | None, merge: bool) -> GPT:

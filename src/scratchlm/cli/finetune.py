@@ -1,4 +1,4 @@
-"""`scratchlm finetune classify|sft|dpo`, `scratchlm classify`, `scratchlm lora merge`.
+"""`scratchlm finetune classify|sft|dpo|reward`, `scratchlm classify`, `scratchlm score`, `scratchlm lora merge`.
 
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
 `--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora.rank`, ...). The command loads the
@@ -157,6 +157,26 @@ class DPOConfig(_FinetuneBase):
     """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png."""
 
 
+@dataclass
+class RewardConfig(_FinetuneBase):
+    """Train a reward model: a scalar head on the last token, Bradley-Terry loss on chosen/rejected pairs."""
+
+    template: str = "auto"
+    """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
+    drop_equal_pairs: bool = False
+    """Skip pairs whose chosen answer equals the rejected one (by default they are an error)."""
+    train: str = "all"
+    """What trains: head (the head only), last (the last --last-k blocks + final norm + head) or all."""
+    last_k: int = 1
+    """Blocks trained with --train last."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the decay."""
+    out: Path = Path("runs/reward")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, report.json (held-out accuracy)."""
+
+
 # ---- finetune commands --------------------------------------------------------------------------------------------
 
 
@@ -258,6 +278,33 @@ def dpo(argv: list[str], prog: str) -> int:
     return 0
 
 
+def reward(argv: list[str], prog: str) -> int:
+    from scratchlm.fs import atomic_write_text
+    from scratchlm.rl.reward import RewardScorer, pair_accuracy
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.reward import RewardMode
+
+    cfg = parse(RewardConfig, argv, prog)
+    model, tokenizer, config = _start(cfg, "reward")
+    mode = RewardMode(
+        cfg.data, _template(cfg.template, config), cfg.max_length, cfg.val_fraction, cfg.seed, cfg.drop_equal_pairs,
+        cfg.train, cfg.last_k, cfg.lora_config(), cfg.checkpoint,
+    )
+    result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
+    if result.checkpoint is None:
+        return 0
+    report: dict[str, Any] = {"checkpoint": str(result.checkpoint)}
+    if mode.val_pairs:
+        scorer = RewardScorer(result.checkpoint, cfg.device, batch_size=cfg.micro_batch_size)
+        report["val"] = pair_accuracy(scorer, mode.val_pairs)
+        print(f"held-out pair accuracy {report['val']['accuracy']:.4f} on {report['val']['pairs']} pairs "
+              f"(mean margin {report['val']['mean_margin']:.3f})")
+    report_path = Path(cfg.out) / "report.json"
+    atomic_write_text(report_path, json.dumps(report, indent=1) + "\n")
+    print(f"report: {report_path}")
+    return 0
+
+
 # ---- scratchlm classify -------------------------------------------------------------------------------------------
 
 
@@ -283,11 +330,7 @@ def predict(argv: list[str], prog: str) -> int:
     cfg = parse(PredictConfig, argv, prog)
     if cfg.checkpoint is None:
         raise ScratchlmError("--checkpoint is required: a folder written by `scratchlm finetune classify`")
-    texts = list(cfg.texts)
-    if cfg.file is not None:
-        if not cfg.file.is_file():
-            raise ScratchlmError(f"--file {cfg.file} does not exist; pass a text file with one text per line")
-        texts += [line for line in cfg.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = list(cfg.texts) + _file_lines(cfg.file)
     if not texts:
         raise ScratchlmError('give at least one text: scratchlm classify --checkpoint DIR "some text"')
     loaded = checkpoint.read(cfg.checkpoint, resolve_device(cfg.device), expect="classifier")
@@ -296,6 +339,57 @@ def predict(argv: list[str], prog: str) -> int:
         for label, p in classify_texts(module, tokenizer, texts[s : s + 64], config["classifier"], cfg.device):
             print(f"{label}\t{p:.4f}")
     return 0
+
+
+# ---- scratchlm score ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreConfig:
+    """Score texts with a reward model; prints one score per text (higher: preferred).
+
+    With --prompt, each text is the answer to that prompt, framed by the reward model's chat template as in
+    training; without it, each text is scored as it is.
+    """
+
+    texts: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Texts to score."""
+    checkpoint: Path | None = None
+    """Reward-model checkpoint (made by `scratchlm finetune reward`)."""
+    prompt: str | None = None
+    """The user prompt the texts answer."""
+    file: Path | None = None
+    """Also score each line of this file."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+
+
+def score(argv: list[str], prog: str) -> int:
+    from scratchlm.rl.reward import RewardScorer
+
+    cfg = parse(ScoreConfig, argv, prog)
+    if cfg.checkpoint is None:
+        raise ScratchlmError("--checkpoint is required: a folder written by `scratchlm finetune reward`")
+    texts = list(cfg.texts) + _file_lines(cfg.file)
+    if not texts:
+        raise ScratchlmError('give at least one text: scratchlm score --checkpoint RM "some text"')
+    scorer = RewardScorer(cfg.checkpoint, cfg.device)
+    if cfg.prompt is None:
+        scores = scorer.score(texts)
+    else:
+        scores = scorer.score_completions([([{"role": "user", "content": cfg.prompt}], t) for t in texts])
+    for s in scores:
+        print(f"{s:.4f}")
+    return 0
+
+
+def _file_lines(path: Path | None) -> list[str]:
+    """The non-empty lines of --file (none without one)."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise ScratchlmError(f"--file {path} does not exist; pass a text file with one text per line")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ---- scratchlm lora merge -----------------------------------------------------------------------------------------

@@ -33,3 +33,17 @@ class ClassifierModel(nn.Module):
         h = self.model.hidden_states(ids)  # (B, T, C)
         h_last = h[torch.arange(ids.shape[0], device=ids.device), last]  # (B, C)
         return self.head(h_last)  # (B, K)
+
+
+class RewardModel(ClassifierModel):
+    """A GPT plus a scalar head: `forward(ids, last)` returns one score per text, (B,).
+
+    The same network as a one-class classifier, so it is saved and loaded the same way (the head in
+    classifier.safetensors); trained with the Bradley-Terry loss by `scratchlm.train.modes.reward`.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__(model, 1)
+
+    def forward(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids, last).squeeze(-1)  # (B,)
