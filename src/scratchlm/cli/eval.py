@@ -1,4 +1,4 @@
-"""`scratchlm eval perplexity|mc|judge|harness`: load a checkpoint, run the evaluation, print a table or JSON,
+"""`scratchlm eval perplexity|mc|judge|harness|verify`: load a checkpoint, run the evaluation, print a table or JSON,
 write a report (and a plot when a run folder's steps make a series)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.cli.parsing import parse
-from scratchlm.errors import ScratchlmError
+from scratchlm.errors import ConfigError, ScratchlmError
+from scratchlm.generate.config import SampleConfig
+from scratchlm.generate.select import SelectConfig
 
 DATASETS = {"wikitext-2": "wikitext-2-test", "wikitext-2-test": "wikitext-2-test", "wikitext-2-valid": "wikitext-2-valid"}
 """--dataset aliases -> asset names; any other text asset (tinyshakespeare, the-verdict) works by its name."""
@@ -400,3 +402,129 @@ def judge(argv: list[str], prog: str) -> int:
         path = cfg.plot or cfg.out.with_suffix(".png")
         plot_histogram(path, scores, [lo for lo, _ in BUCKETS] + [100], "judge score", f"{len(scores)} items")
     return 0
+
+
+# ---- scratchlm eval verify ----------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class VerifyConfig(SelectConfig, SampleConfig):
+    """Sample answers to prompt records (GSM8K, MATH or plain JSON/JSONL), reward each with a verifier, report
+    accuracy; --n/--vote/--best-of choose among several samples. Every record's samples and rewards go to --out
+    (JSONL), which --rescore re-scores with another verifier without a model."""
+
+    checkpoint: Path | None = None
+    """Checkpoint (step or run folder) that answers."""
+    data: Path | None = None
+    """JSON list or JSONL of records: GSM8K {"question", "answer": "... #### 42"}, MATH {"problem", "solution"},
+    or {"prompt", "answer"} (see --format)."""
+    verifier: str = "math"
+    """math, exact, regex:PATTERN, python:MODULE:FUNC or reward:RM_PATH (see docs/rl.md)."""
+    format: str = "auto"
+    """Record format: auto (by the keys), gsm8k, math or plain."""
+    limit: int = 0
+    """Evaluate only the first N records (0: all)."""
+    out: Path = Path("verify.jsonl")
+    """Per-record results (JSONL): the record, every completion, its reward and error, the chosen index."""
+    rescore: Path | None = None
+    """Re-score the completions of an earlier --out file with --verifier instead of sampling (no checkpoint)."""
+    batch_size: int = 8
+    """Records sampled together in one engine run (each with all its samples)."""
+    raw: bool = False
+    """Continue the prompt as plain text instead of framing it with the checkpoint's chat template."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, mps, or auto (cuda when available)."""
+    int8: bool = False
+    """Weight-only int8 linear layers (per-channel scales) for the model that answers."""
+    json: bool = False
+    """Print the summary as one JSON object instead of a table."""
+    temperature: float = 0.0
+    """Sampling temperature (0: greedy); --n > 1, --vote and --best-of need one above 0."""
+    seed: int | None = 0
+    """Sampling seed: the same seed gives the same samples (sample i of a record uses seed + i)."""
+
+    def __post_init__(self) -> None:
+        SampleConfig.__post_init__(self)
+        SelectConfig.__post_init__(self)
+        if self.samples(self.n) > 1 and self.temperature == 0:
+            raise ConfigError(
+                f"{self.samples(self.n)} samples per record at --temperature 0 are all the same answer; "
+                "pass --temperature (e.g. 0.7)"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def verify(argv: list[str], prog: str) -> int:
+    from scratchlm.eval.report import fmt, table
+    from scratchlm.eval.verify import run_verify
+    from scratchlm.fs import atomic_write_text
+    from scratchlm.rl.verifiers import get_verifier
+
+    cfg = parse(VerifyConfig, argv, prog)
+    device = _device(cfg.device)
+    verifier = get_verifier(cfg.verifier, device=device)
+    if cfg.rescore is not None:
+        rows: Any = _read_rows(cfg.rescore)
+    else:
+        rows = _sampled_rows(cfg, device, verifier)
+
+    def progress(done: int, row: dict[str, Any]) -> None:
+        print(f"\rverified {done} record(s)", end="", file=sys.stderr, flush=True)
+
+    try:
+        done, summary = run_verify(rows, verifier, progress)
+    finally:
+        print(file=sys.stderr)
+    atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), what="results file")
+    summary = {"verifier": cfg.verifier, **summary, "out": str(cfg.out)}
+    if cfg.json:
+        print(json.dumps(summary))
+    else:
+        print(table(["metric", "value"], [[k, fmt(v)] for k, v in summary.items() if v is not None]))
+    if summary["errors"]:
+        print(f"note: the verifier raised on {summary['errors']} sample(s), scored 0 ({summary['first_error']})",
+              file=sys.stderr)
+    return 0
+
+
+def _sampled_rows(cfg: VerifyConfig, device: Any, verifier: Any) -> Any:
+    from scratchlm.checkpoint import load_config, resolve
+    from scratchlm.generate.select import Selector, sample_rows
+    from scratchlm.rl.records import load_prompt_records
+    from scratchlm.rl.verifiers import check_tokenizer
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    if cfg.checkpoint is None or cfg.data is None:
+        raise ScratchlmError("pass --checkpoint (the model that answers) and --data (the records), or --rescore FILE")
+    if cfg.out.resolve() == cfg.data.resolve():
+        raise ScratchlmError(f"--out {cfg.out} is the --data file; write the results to another file")
+    records = load_prompt_records(cfg.data, cfg.format, cfg.limit)
+    folder = resolve(cfg.checkpoint)
+    model, tok = _load(folder, device, cfg.int8)
+    check_tokenizer(verifier, tok, "the model evaluated")
+    config = load_config(folder)
+    template = None if cfg.raw else ChatTemplate.from_config(config.get("chat_template"))
+    selector = Selector(cfg, tok, device)
+    sample = SampleConfig(**{f: getattr(cfg, f) for f in SampleConfig.__dataclass_fields__})
+    return sample_rows(model, tok, template, records, sample, selector, cfg.batch_size)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier `eval verify --out` file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ScratchlmError(f"cannot read --rescore {path} ({e.strerror or e}); pass an `eval verify --out` file") from None
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not {"record", "completions", "chosen"} <= set(row):
+            raise ScratchlmError(f"{path}: line {i + 1} is not an `eval verify` result row; pass an --out file of it")
+        rows.append(row)
+    return rows

@@ -15,11 +15,14 @@ from typing import Any
 from scratchlm.cli.parsing import parse
 from scratchlm.errors import ScratchlmError
 from scratchlm.generate.config import SampleConfig
+from scratchlm.generate.select import SelectConfig
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(SampleConfig):
-    """Continue a prompt with a checkpoint; prints only the continuation (plus a final newline) on stdout."""
+class GenerateConfig(SelectConfig, SampleConfig):
+    """Continue a prompt with a checkpoint; prints only the continuation (plus a final newline) on stdout.
+
+    --vote majority (with --n) or --best-of N prints only the sample chosen among the N drawn."""
 
     checkpoint: Path
     """Checkpoint step folder, or a run folder (its latest step)."""
@@ -41,6 +44,10 @@ class GenerateConfig(SampleConfig):
     compile: bool = False
     """Compile the decode step with torch.compile (same tokens; pays off on a GPU and for long outputs; the
     first call compiles for a while)."""
+
+    def __post_init__(self) -> None:
+        SampleConfig.__post_init__(self)
+        SelectConfig.__post_init__(self)
 
 
 @dataclass(kw_only=True)
@@ -104,9 +111,11 @@ def generate(argv: list[str], prog: str) -> int:
     cfg = parse(GenerateConfig, argv, prog)
     prompt = _read_prompt(cfg)
     sample = sample_config(cfg)
-    if cfg.stream and sample.n > 1:
-        raise ScratchlmError("--stream prints one sample; drop --stream or use --n 1")
+    if cfg.stream and (sample.n > 1 or cfg.active):
+        raise ScratchlmError("--stream prints one sample as it is drawn; drop --stream, or --n/--vote/--best-of")
     model, tok, config = load_for_generation(cfg.checkpoint, cfg.device, cfg.int8)
+    if cfg.active:
+        return _generate_selected(cfg, prompt, sample, model, tok, config)
     ids: str | list[int] = prompt
     stop_ids = None  # None: the tokenizer's end-of-text
     if "chat_template" in config and not cfg.raw:
@@ -132,6 +141,20 @@ def generate(argv: list[str], prog: str) -> int:
             out.write(f"\n----- sample {i + 1} -----\n" + (prompt if cfg.echo else ""))
         out.write(c.text)
     out.write("\n")
+    return 0
+
+
+def _generate_selected(cfg: GenerateConfig, prompt: str, sample: SampleConfig, model: Any, tok: Any,
+                       config: dict[str, Any]) -> int:
+    """--vote / --best-of: draw the samples in one batch, print the one chosen."""
+    from scratchlm.device import resolve_device
+    from scratchlm.generate.select import Selector, sample_rows
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    template = None if "chat_template" not in config or cfg.raw else ChatTemplate.from_config(config["chat_template"])
+    selector = Selector(cfg, tok, resolve_device(cfg.device))
+    [row] = sample_rows(model, tok, template, [{"prompt": prompt}], sample, selector)
+    sys.stdout.write((prompt if cfg.echo else "") + row["completion"] + "\n")
     return 0
 
 

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval perplexity": ("scratchlm.cli.eval:perplexity", "sliding-window perplexity, word perplexity, bits/byte"),
     "eval mc": ("scratchlm.cli.eval:mc", "few-shot multiple-choice accuracy"),
     "eval judge": ("scratchlm.cli.eval:judge", "score instruction following with a judge model"),
+    "eval verify": ("scratchlm.cli.eval:verify", "accuracy of sampled answers checked by a verifier (math, ...)"),
     "eval harness": ("scratchlm.cli.eval:harness", "EleutherAI's lm-evaluation-harness on a checkpoint"),
 }
 
