@@ -20,6 +20,8 @@ FORBIDDEN = {
     "scratchlm.generate": ["scratchlm.data", "scratchlm.train", "scratchlm.cli"],
     "scratchlm.eval": ["scratchlm.train", "scratchlm.cli"],
     "scratchlm.serve": ["scratchlm.train", "scratchlm.data", "scratchlm.cli"],
+    # the verifier interface is pure Python (RL loops and evaluation import it); a reward model loads torch lazily
+    "scratchlm.rl.verifiers": ["torch", "scratchlm.train", "scratchlm.cli"],
     "scratchlm.scaling.sweep": ["scratchlm.serve", "scratchlm.cli"],
     # fitting a finished sweep is arithmetic on its table: no torch
     "scratchlm.scaling.fit": ["torch", "scratchlm.cli"],
@@ -102,7 +104,7 @@ def test_no_import_cycles() -> None:
 def test_inference_and_checkpoints_never_import_training() -> None:
     """generate/eval/serve (and their commands), the checkpoint door and HF interop never reach `scratchlm.train`."""
     graph = _import_graph()
-    inference = ("scratchlm.generate", "scratchlm.eval", "scratchlm.serve", "scratchlm.checkpoint",
+    inference = ("scratchlm.generate", "scratchlm.eval", "scratchlm.serve", "scratchlm.checkpoint", "scratchlm.rl",
                  "scratchlm.interop", "scratchlm.cli.generate", "scratchlm.cli.eval", "scratchlm.cli.serve")
     bad = {m: sorted(d for d in deps if d.startswith("scratchlm.train"))
            for m, deps in graph.items() if m.startswith(inference)}

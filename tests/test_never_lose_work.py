@@ -204,6 +204,21 @@ COMMANDS: dict[str, tuple[Callable[[Path, Path], list], str, str]] = {
         "sft",
         "base",
     ),
+    "finetune reward": (
+        lambda w, out: [
+            "finetune",
+            "reward",
+            "--checkpoint",
+            w / "base",
+            "--data",
+            w / "instr.json",
+            "--out",
+            out,
+            *QUIET,
+        ],
+        "sft",
+        "base",
+    ),
     "data prepare": (
         lambda w, out: [
             "data",
