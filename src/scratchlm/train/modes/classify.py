@@ -44,6 +44,15 @@ def set_trainable(module: ClassifierModel, what: str, last_k: int = 1) -> None:
         trainable(model.norm.parameters())
 
 
+def prepare_head_model(mode: FinetuneMode, module: ClassifierModel, what: str, last_k: int) -> None:
+    """With LoRA: adapters on the frozen base, and the head trains; without: `set_trainable(what, last_k)`."""
+    if mode.lora is not None:
+        mode.apply_lora(module.model)  # freezes the base
+        trainable(module.head.parameters())
+    else:
+        set_trainable(module, what, last_k)
+
+
 @dataclass
 class ClassifierSpec:
     """What a classifier checkpoint records in config.json's `classifier` section."""
@@ -81,11 +90,7 @@ class ClassifyMode(FinetuneMode):
 
     def setup(self, model: nn.Module, tokenizer: Any) -> nn.Module:
         module = ClassifierModel(model, len(self.data.labels))  # type: ignore[arg-type]
-        if self.lora is not None:
-            self.apply_lora(module.model)  # freezes the base
-            trainable(module.head.parameters())
-        else:
-            set_trainable(module, self.spec.train, self.spec.last_k)
+        prepare_head_model(self, module, self.spec.train, self.spec.last_k)
         return module
 
     def _collate(self, examples: list[tuple[list[int], int]]) -> Batch:

@@ -57,7 +57,40 @@ def dpo_loss(
     return loss, chosen_rewards, rejected_rewards
 
 
-class DPOMode(FinetuneMode):
+class PairBatches:
+    """The batch streams of a preference-pair mode (DPO, reward model): `train_pairs`/`val_pairs` collated by
+    the mode's `_collate`, training batches grouped by the longer side's length."""
+
+    max_length: int
+    train_pairs: list[dict[str, Any]]
+    val_pairs: list[dict[str, Any]]
+
+    def _set_data(
+        self, data: str | Path, template: ChatTemplate, max_length: int, val_fraction: float, data_seed: int,
+        drop_equal: bool,
+    ) -> None:
+        """Record where the pairs come from; `setup` reads them (it needs the tokenizer)."""
+        self.data_path, self.template, self.max_length = Path(data), template, max_length
+        self.val_fraction, self.data_seed, self.drop_equal = val_fraction, data_seed, drop_equal
+        self.train_pairs, self.val_pairs = [], []
+        self.pad_id = 0
+
+    @property
+    def context_length(self) -> int:
+        return self.max_length
+
+    def _collate(self, pairs: list[dict[str, Any]]) -> Batch:
+        raise NotImplementedError
+
+    def train_batches(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> BatchStream:
+        lengths = [max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in self.train_pairs]
+        return EpochBatches(self.train_pairs, micro_batch_size, self._collate, seed, rank, world_size, lengths)
+
+    def val_batches(self, micro_batch_size: int) -> Iterable[Batch] | None:
+        return fixed_batches(self.val_pairs, micro_batch_size, self._collate) if self.val_pairs else None
+
+
+class DPOMode(PairBatches, FinetuneMode):
     name = "dpo"
 
     def __init__(
@@ -77,16 +110,8 @@ class DPOMode(FinetuneMode):
         super().__init__(lora, base_checkpoint)
         if beta <= 0:
             raise ScratchlmError(f"--beta must be positive, got {beta}")
-        self.data_path, self.template, self.beta, self.max_length = Path(data), template, beta, max_length
-        self.val_fraction, self.data_seed, self.drop_equal = val_fraction, data_seed, drop_equal
-        self.ref_batch_size, self.device = ref_batch_size, torch.device(device)
-        self.train_pairs: list[dict[str, Any]] = []
-        self.val_pairs: list[dict[str, Any]] = []
-        self.pad_id = 0
-
-    @property
-    def context_length(self) -> int:
-        return self.max_length
+        self._set_data(data, template, max_length, val_fraction, data_seed, drop_equal)
+        self.beta, self.ref_batch_size, self.device = beta, ref_batch_size, torch.device(device)
 
     def setup(self, model: nn.Module, tokenizer: Any) -> nn.Module:
         prepare_chat_model(model, tokenizer, self.template)  # type: ignore[arg-type]
@@ -120,13 +145,6 @@ class DPOMode(FinetuneMode):
 
     def _collate(self, pairs: list[dict[str, Any]]) -> Batch:
         return collate_preferences(pairs, self.pad_id)
-
-    def train_batches(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> BatchStream:
-        lengths = [max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in self.train_pairs]
-        return EpochBatches(self.train_pairs, micro_batch_size, self._collate, seed, rank, world_size, lengths)
-
-    def val_batches(self, micro_batch_size: int) -> Iterable[Batch] | None:
-        return fixed_batches(self.val_pairs, micro_batch_size, self._collate) if self.val_pairs else None
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         B = batch["chosen_ids"].shape[0]

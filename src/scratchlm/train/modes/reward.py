@@ -12,7 +12,7 @@ DPO, and the chat template goes into the checkpoint, so scoring renders prompts 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.data.finetune import EpochBatches, fixed_batches, load_preferences
+from scratchlm.data.finetune import load_preferences
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.classifier import RewardModel
 from scratchlm.model.lora import LoRAConfig
 from scratchlm.tokenizer.chat import ChatTemplate
-from scratchlm.train.modes.base import Batch, BatchStream
-from scratchlm.train.modes.classify import TRAINABLE, set_trainable
-from scratchlm.train.modes.finetune import FinetuneMode, trainable
+from scratchlm.train.modes.base import Batch
+from scratchlm.train.modes.classify import TRAINABLE, prepare_head_model
+from scratchlm.train.modes.dpo import PairBatches
+from scratchlm.train.modes.finetune import FinetuneMode
 from scratchlm.train.modes.sft import prepare_chat_model, split_val
 
 
@@ -46,7 +47,7 @@ def collate_pairs(pairs: Sequence[dict[str, Any]], pad_id: int) -> Batch:
     return {"ids": ids, "last": torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long)}
 
 
-class RewardMode(FinetuneMode):
+class RewardMode(PairBatches, FinetuneMode):
     name = "reward"
 
     def __init__(
@@ -65,16 +66,8 @@ class RewardMode(FinetuneMode):
         super().__init__(lora, base_checkpoint)
         if train not in TRAINABLE:
             raise ScratchlmError(f"--train {train!r} is unknown; use one of {', '.join(TRAINABLE)}")
-        self.data_path, self.template, self.max_length = Path(data), template, max_length
-        self.val_fraction, self.data_seed, self.drop_equal = val_fraction, data_seed, drop_equal
+        self._set_data(data, template, max_length, val_fraction, data_seed, drop_equal)
         self.train, self.last_k = train, last_k
-        self.train_pairs: list[dict[str, Any]] = []
-        self.val_pairs: list[dict[str, Any]] = []
-        self.pad_id = 0
-
-    @property
-    def context_length(self) -> int:
-        return self.max_length
 
     def setup(self, model: nn.Module, tokenizer: Any) -> nn.Module:
         prepare_chat_model(model, tokenizer, self.template)  # type: ignore[arg-type]
@@ -83,22 +76,11 @@ class RewardMode(FinetuneMode):
         self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
         self.train_pairs, self.val_pairs = split_val(pairs, self.val_fraction, self.data_seed)
         module = RewardModel(model)  # type: ignore[arg-type]
-        if self.lora is not None:
-            self.apply_lora(module.model)  # freezes the base
-            trainable(module.head.parameters())
-        else:
-            set_trainable(module, self.train, self.last_k)
+        prepare_head_model(self, module, self.train, self.last_k)
         return module
 
     def _collate(self, pairs: list[dict[str, Any]]) -> Batch:
         return collate_pairs(pairs, self.pad_id)
-
-    def train_batches(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> BatchStream:
-        lengths = [max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in self.train_pairs]
-        return EpochBatches(self.train_pairs, micro_batch_size, self._collate, seed, rank, world_size, lengths)
-
-    def val_batches(self, micro_batch_size: int) -> Iterable[Batch] | None:
-        return fixed_batches(self.val_pairs, micro_batch_size, self._collate) if self.val_pairs else None
 
     def loss(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         scores = module(batch["ids"], batch["last"]).float()  # (2B,)
