@@ -24,14 +24,18 @@ def _data(kind: str, mirror: Path, tmp_path: Path) -> tuple[Path, list[str]]:
         return path, ["--max-length", "128", "--template", "chatml"]
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps(json.loads((mirror / "instruction-data-with-preference.json").read_text())[:24]))
+    if kind == "reward":
+        return path, ["--max-length", "192", "--template", "chatml", "--drop-equal-pairs"]
     return path, ["--max-length", "192", "--beta", "0.5", "--template", "chatml"]
 
 
 CASES = [("classify", []), ("sft", ["--lora-rank", "4", "--lora-dropout", "0.1", "--lora-targets", "q,v,mlp"]),
-         ("dpo", ["--lora-rank", "2", "--lora-targets", "q,k,v,o"]), ("sft", [])]
+         ("dpo", ["--lora-rank", "2", "--lora-targets", "q,k,v,o"]), ("sft", []),
+         pytest.param("reward", ["--lora-rank", "2", "--lora-targets", "q,v"], marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize(("kind", "lora"), CASES, ids=["classify", "sft-lora", "dpo-lora", "sft-full"])
+@pytest.mark.parametrize(("kind", "lora"), CASES,
+                         ids=["classify", "sft-lora", "dpo-lora", "sft-full", "reward-lora"])
 def test_resumed_run_equals_straight_run(kind: str, lora: list[str], char_ckpt: Path, mirror: Path,
                                          tmp_path: Path, metrics) -> None:
     data, extra = _data(kind, mirror, tmp_path)
