@@ -52,6 +52,8 @@ class ServeConfig:
     """Compile the decode step with torch.compile before serving (same tokens; faster steps on a GPU)."""
     log_level: str = "info"
     """uvicorn's log level: critical, error, warning, info, debug, trace."""
+    reward_model: Path | None = None
+    """Also serve this reward model (`scratchlm finetune reward`) at POST /v1/score."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -136,6 +138,11 @@ def serve(argv: list[str], prog: str) -> int:
     _check_port_free(cfg.host, cfg.port)
     model, tok, config = load_for_generation(cfg.checkpoint, cfg.device, cfg.int8)
     max_len, cache_line = cache_len(cfg, model)
+    reward = None
+    if cfg.reward_model is not None:
+        from scratchlm.rl.reward import RewardScorer
+
+        reward = RewardScorer(cfg.reward_model, cfg.device)
     name = cfg.model_name or cfg.checkpoint.resolve().name
     if cfg.compile:
         print("compiling the decode step (once, before serving)", file=sys.stderr, flush=True)
@@ -150,6 +157,7 @@ def serve(argv: list[str], prog: str) -> int:
         max_len=max_len,
         max_request_bytes=int(cfg.max_request_mb * 2**20),
         compile=cfg.compile,
+        reward=reward,
     )
     print(cache_line, file=sys.stderr, flush=True)
     url = _url(cfg.host, cfg.port)

@@ -62,8 +62,8 @@ class SelectConfig:
         return self.best_of or n
 
 
-def mean_logprob(completion: Completion) -> float:
-    """The mean log-probability of the completion's tokens (-inf for an empty one)."""
+def mean_logprob(completion: Any) -> float:
+    """The mean log-probability of a completion's tokens (its `.logprobs`); -inf for an empty one."""
     if not completion.logprobs:
         return -math.inf
     return sum(t.logprob for t in completion.logprobs) / len(completion.logprobs)

@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP server (FastAPI): `/v1/models`, `/v1/completions`, `/v1/chat/completions`,
-`/health`, and the web chat page at `/`.
+`/health`, the web chat page at `/`, and `/v1/score` when a reward model is served alongside.
 
     create_app(model, tokenizer, ...) -> FastAPI      # what `scratchlm serve` runs under uvicorn
     BackgroundServer(app)                              # the same app in a thread on a free loopback port
@@ -19,11 +19,14 @@ Decisions:
 - Streams are server-sent events, one JSON chunk per `data:` line, ending in `data: [DONE]` (also after an
   error chunk). A client that disconnects, streaming or not, has its sequences cancelled, freeing their slots.
 - Same seed, same text: request `seed` s seeds choice i with s + i, exactly as `scratchlm generate --seed s`.
+- `best_of` (completions, OpenAI's legacy field): best_of samples per prompt are decoded, the n with the highest
+  mean token logprob are returned (in sampling order), and usage counts every sample's tokens, as OpenAI does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -48,11 +51,13 @@ from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.generate.chat import chat_prompt
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.engine import Engine, TokenLogprob, make_sequences
+from scratchlm.generate.select import mean_logprob
 from scratchlm.generate.text import default_stop_ids, encode_prompt
 from scratchlm.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    ScoreRequest,
     TokenizeRequest,
     error_body,
 )
@@ -88,6 +93,8 @@ class ServerState:
     max_token_bytes: int
     """Bytes of the longest token: a text of more characters than context_length x this cannot fit."""
     limit_name: str = "the model's maximum context length"
+    reward: Any = None
+    """A `scratchlm.rl.reward.RewardScorer` behind /v1/score, or None."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -102,10 +109,12 @@ def create_app(
     max_len: int | None = None,
     max_request_bytes: int = 4 * 2**20,
     compile: bool = False,
+    reward: Any = None,
 ) -> FastAPI:
     """The server for one model. `slots`: sequences decoded together; `max_waiting`: queue bound (then 429);
     `max_len`: tokens per cache row (default: the model's context); `max_request_bytes`: body limit (then 413);
-    `compile`: compile the decode step (see `Engine`), here, before the first request."""
+    `compile`: compile the decode step (see `Engine`), here, before the first request; `reward`: a
+    `RewardScorer` answering /v1/score."""
     model.eval()
     context = model.config.context_length
     if max_len is not None and not 1 <= max_len <= context:
@@ -122,6 +131,7 @@ def create_app(
         limit_name="the server's --max-len"
         if engine.max_len < context
         else "the model's maximum context length",
+        reward=reward,
     )
 
     @asynccontextmanager
@@ -167,7 +177,10 @@ def create_app(
         _check_model(state, req.model)
         prompts = await asyncio.to_thread(_prompt_ids, state, req.prompt)  # tokenizing is slow: off the loop
         max_new = _max_new(state, req.max_tokens, "max_tokens", prompts)
+        best_of = _best_of(req)
         cfg = _sample_config(req, max_new, logprobs=req.logprobs)
+        if best_of > req.n:  # draw best_of per prompt, with the logprobs that rank them
+            cfg = dataclasses.replace(cfg, n=best_of, logprobs=req.logprobs or 0)
         # echo + logprobs also scores the prompt (lm-evaluation-harness's loglikelihood requests)
         score_prompt = req.echo and req.logprobs is not None and not req.stream
         job = _submit(state, prompts, cfg, default_stop_ids(state.tokenizer, cfg), echo_logprobs=score_prompt)
@@ -180,16 +193,30 @@ def create_app(
         if results is None:
             return _CLIENT_GONE
         choices = []
-        for i, r in enumerate(results):
+        for i in _returned(results, cfg.n, req.n):
+            r = results[i]
             lp = None
             if score_prompt:
                 lp = _echo_logprobs(state.tokenizer, job.seqs[i], r)
             elif req.logprobs is not None:
                 lp = _completion_logprobs(state.tokenizer, r.ids, r.logprobs, len(echo[i]))
             choices.append(
-                {"text": echo[i] + r.text, "index": i, "logprobs": lp, "finish_reason": r.finish_reason}
+                {"text": echo[i] + r.text, "index": len(choices), "logprobs": lp, "finish_reason": r.finish_reason}
             )
         return {**meta, "choices": choices, "usage": _usage(usage_prompt, results)}
+
+    @app.post("/v1/score")
+    async def score(req: ScoreRequest) -> dict[str, Any]:
+        if state.reward is None:
+            raise ApiError(404, "this server has no reward model; start it with --reward-model RM_CHECKPOINT",
+                           code="not_found")
+        scorer = state.reward
+        if req.prompt is None:
+            scores = await asyncio.to_thread(scorer.score, req.texts)
+        else:
+            pairs = [([{"role": "user", "content": req.prompt}], t) for t in req.texts]
+            scores = await asyncio.to_thread(scorer.score_completions, pairs)
+        return {"object": "list", "data": [{"object": "score", "index": i, "score": v} for i, v in enumerate(scores)]}
 
     # vLLM's tokenizer endpoints: lm-evaluation-harness's `local-completions` finds them and then tokenizes
     # through the server, so it scores exactly the ids this model was trained on (no Hugging Face tokenizer).
@@ -331,6 +358,31 @@ def _max_new(state: ServerState, max_tokens: int | None, param: str, prompts: li
     if max_tokens < 0:
         raise ApiError(400, f"{param} must be >= 0, got {max_tokens}", param=param, code="invalid_value")
     return min(max_tokens, room)
+
+
+def _best_of(req: CompletionRequest) -> int:
+    """Samples per prompt to draw: best_of (checked against n and stream), else n."""
+    if req.best_of is None:
+        return req.n
+    if req.best_of < req.n:
+        raise ApiError(400, f"best_of ({req.best_of}) must be at least n ({req.n})", param="best_of",
+                       code="invalid_value")
+    if req.stream and req.best_of > req.n:
+        raise ApiError(400, "best_of cannot be streamed; drop stream or best_of", param="best_of",
+                       code="invalid_value")
+    return req.best_of
+
+
+def _returned(results: list[_Result], drawn: int, keep: int) -> list[int]:
+    """Indices of the results to return: per prompt (groups of `drawn`), the `keep` with the highest mean token
+    logprob, in sampling order; all of them when nothing was drawn extra."""
+    if drawn == keep:
+        return list(range(len(results)))
+    out = []
+    for g in range(0, len(results), drawn):
+        ranked = sorted(range(g, g + drawn), key=lambda i: mean_logprob(results[i]), reverse=True)
+        out += sorted(ranked[:keep])
+    return out
 
 
 def _sample_config(req: Any, max_new: int, logprobs: int | None) -> SampleConfig:

@@ -70,6 +70,18 @@ class CompletionRequest(_Request):
     """OpenAI's default is 16; None means up to the end of the context."""
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    best_of: int | None = Field(None, ge=1, le=16)
+    """Draw this many samples per prompt and return the n with the highest mean token logprob (OpenAI's legacy
+    field; not with stream)."""
+
+
+class ScoreRequest(BaseModel):
+    """POST /v1/score (scratchlm's own): reward-model scores of texts, each optionally the answer to `prompt`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    texts: list[str] = Field(min_length=1, max_length=64)
+    prompt: str | None = None
 
 
 class TokenizeRequest(BaseModel):
