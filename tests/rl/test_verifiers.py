@@ -34,6 +34,7 @@ EQUAL = [
     # units and decoration
     ("5\\text{ cm}", "5"),
     ("12 dollars", "12"),
+    ("7apples", "7"),
     ("\\$18", "18"),
     ("90^\\circ", "90"),
     ("50\\%", "50"),
@@ -65,6 +66,9 @@ DIFFERENT = [
     ("3, 5", "5, 3"),  # an ordered list
     ("3, 5", "3"),
     ("\\pi", "3.14"),
+    ("2x", "2"),  # a variable is not a unit
+    ("2 pi", "2"),
+    ("2\\pi", "2"),
 ]
 
 

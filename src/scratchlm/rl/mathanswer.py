@@ -22,7 +22,8 @@ __all__ = ["extract_answer", "normalize_answer", "answers_equal", "reference_ans
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d])")
-_UNIT_WORD = re.compile(r"^(-?[\d.,/]+)\s*[a-zA-Z][a-zA-Z\s.]*$")
+# "12 dollars", "5 cm", "7apples": a unit word after a number; one letter ("2x") or a name SymPy knows stays
+_UNIT_WORD = re.compile(r"^(-?[\d.,/]+)(?:\s+([a-zA-Z]{2,}[a-zA-Z\s.]*)|([a-zA-Z]{3,}[a-zA-Z\s.]*))$")
 _SAFE = re.compile(r"^[0-9a-zA-Z+\-*/().\s]*$")
 _ALLOWED_NAMES = {"sqrt", "pi", "oo"}
 
@@ -108,7 +109,7 @@ def normalize_answer(answer: str) -> str:
     s = s.strip().rstrip(".").strip()
     s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s) if not _is_interval(s) else s
     m = _UNIT_WORD.match(s)
-    if m and not re.search(r"[a-zA-Z]", m.group(1)):
+    if m and (m.group(2) or m.group(3)).split()[0] not in _ALLOWED_NAMES:
         s = m.group(1)
     return re.sub(r"\s+", " ", s).strip()
 

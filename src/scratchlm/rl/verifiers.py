@@ -143,9 +143,7 @@ def safe_reward(verifier: Verifier, record: dict, completion: str) -> tuple[floa
     """(reward, None), or (0.0, a one-line message) when the verifier raises; the caller counts the errors."""
     try:
         reward = float(verifier(record, completion))
-    except ScratchlmError:
-        raise  # the whole run's problem (a broken checkpoint), not this record's
-    except Exception as e:  # any failure of a user's or a checker's code on this record
+    except Exception as e:  # any failure on this record; the whole run's problems surface in get_verifier
         return 0.0, f"{type(e).__name__}: {e}".splitlines()[0]
     if not 0.0 <= reward <= 1.0 or math.isnan(reward):
         return 0.0, f"reward {reward} outside [0, 1]"
