@@ -5,7 +5,7 @@
                             plus extra sections: "train", "data", "lora", "classifier", "chat_template", ...}
       model.safetensors    full, unwrapped weights (no DDP/compile prefixes); tied weights stored once
       adapters.safetensors LoRA runs instead of model.safetensors: the adapters; `lora.base` names the base
-      classifier.safetensors  classifier runs: the head
+      classifier.safetensors  classifier and reward-model runs: the head
       tokenizer.json       the exact tokenizer the model was trained with
       train_state/         optional: optimizer.safetensors (tensors) + state.json (everything else);
                            sharded runs: optimizer_dcp/ (torch.distributed.checkpoint, one part per rank)

@@ -1,6 +1,6 @@
 """The files a finetuned checkpoint adds to the plain folder, and how an adapter folder names its base.
 
-    full finetune          model.safetensors (+ classifier.safetensors: the head, for classifiers)
+    full finetune          model.safetensors (+ classifier.safetensors: the head, for classifiers and reward models)
     LoRA (adapter-only)    adapters.safetensors (the lora_A/lora_B tensors) + classifier.safetensors;
                            NO model.safetensors: config.json's `lora` section names the base checkpoint
 
@@ -156,7 +156,9 @@ def fill(module: nn.Module, step: Path) -> None:
     head = getattr(unwrap(module), "head", None)
     if head is not None:
         if not (step / HEAD_FILE).is_file():
-            raise ScratchlmError(f"checkpoint {step} has no {HEAD_FILE}: it is not a classifier checkpoint")
+            raise ScratchlmError(
+                f"checkpoint {step} has no {HEAD_FILE}: it is not a classifier or reward-model checkpoint"
+            )
         head.load_state_dict(_read(step / HEAD_FILE))
 
 

@@ -1,4 +1,5 @@
-"""The mode protocol: what a kind of training (pretraining, classification, SFT, LoRA, DPO) supplies to the loop.
+"""The mode protocol: what a kind of training (pretraining, classification, SFT, LoRA, DPO, reward models)
+supplies to the loop.
 
 There is ONE loop (`train/loop.py`). It owns the optimizer, the schedule, accumulation, precision, DDP, the spike
 guard, evaluation, checkpoints and resume. A mode owns only what differs between kinds of training:
