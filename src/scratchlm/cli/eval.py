@@ -1,5 +1,5 @@
-"""`scratchlm eval perplexity|mc|judge|harness|verify`: load a checkpoint, run the evaluation, print a table or JSON,
-write a report (and a plot when a run folder's steps make a series)."""
+"""`scratchlm eval perplexity|mc|judge|harness|verify`: load a checkpoint, run the evaluation, print a table or
+JSON, write a report (and a plot when a run folder's steps make a series)."""
 
 from __future__ import annotations
 
@@ -490,6 +490,7 @@ def verify(argv: list[str], prog: str) -> int:
 
 def _sampled_rows(cfg: VerifyConfig, device: Any, verifier: Any) -> Any:
     from scratchlm.checkpoint import load_config, resolve
+    from scratchlm.cli.generate import sample_config
     from scratchlm.generate.select import Selector, sample_rows
     from scratchlm.rl.records import load_prompt_records
     from scratchlm.rl.verifiers import check_tokenizer
@@ -506,8 +507,7 @@ def _sampled_rows(cfg: VerifyConfig, device: Any, verifier: Any) -> Any:
     config = load_config(folder)
     template = None if cfg.raw else ChatTemplate.from_config(config.get("chat_template"))
     selector = Selector(cfg, tok, device)
-    sample = SampleConfig(**{f: getattr(cfg, f) for f in SampleConfig.__dataclass_fields__})
-    return sample_rows(model, tok, template, records, sample, selector, cfg.batch_size)
+    return sample_rows(model, tok, template, records, sample_config(cfg), selector, cfg.batch_size)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
