@@ -1,5 +1,6 @@
 """GLUE and SuperGLUE: hand-made samples in each task's official layout -> records, prompts and metrics checked
-against hand computation; the bad inputs of the issue; the named assets and the periodic hook."""
+against hand computation; bad input; the named assets; `scratchlm eval glue|superglue` end to end, the periodic
+hook, and a GPT trained in the test on SST-2's prompt pattern (100%; shuffled labels near chance)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,30 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
+import string
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from scratchlm import assets
+from scratchlm import assets, checkpoint
+from scratchlm.cli.main import main
 from scratchlm.data.glue import Record, get_task, load_records, task_names
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval import metrics as M
-from scratchlm.eval.glue import load_templates, predictions, render, score_metrics, template_for
-from scratchlm.eval.periodic import parse_task
+from scratchlm.eval.glue import (
+    evaluate_task,
+    load_templates,
+    predictions,
+    render,
+    score_metrics,
+    template_for,
+)
+from scratchlm.eval.periodic import evaluate_tasks, parse_task
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.tokenizer import CharTokenizer
 
 # ---- native-format samples: (files of the official zip, expected first eval record's prompt and choices) -------
 
@@ -308,3 +322,133 @@ def test_named_assets_and_mrpc_split(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for name, asset in assets.REGISTRY.items():  # every task has its archive, with a public URL and a sha256
         if name.startswith(("glue-", "superglue-")):
             assert asset.url.startswith("https://dl.fbaipublicfiles.com/") and len(asset.sha256) == 64
+
+
+# ---- the commands ------------------------------------------------------------------------------------------
+
+POS, NEG, NOUNS = ["good", "great", "fine", "nice"], ["bad", "awful", "dull", "poor"], ["film", "plot", "cast"]
+
+
+def sst2_tsv(labels: list[int] | None = None) -> str:
+    """SST-2's dev.tsv layout: 'a ADJ NOUN', positive iff the adjective is."""
+    rows = [(f"a {a} {n} ", int(a in POS)) for a in POS + NEG for n in NOUNS]
+    labels = labels if labels is not None else [y for _, y in rows]
+    return "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for (s, _), y in zip(rows, labels))
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    return err.strip()
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """An untrained GPT over printable characters (context 512): enough to run every prompt."""
+    tok = CharTokenizer(sorted(set(string.printable) - set("\x0b\x0c")))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=512, n_layer=1, n_head=2, d_model=16))
+    checkpoint.save_step(tmp_path / "run", 1, model, tok)
+    return tmp_path / "run"
+
+
+def test_json_table_and_report_match_the_library(tiny_run: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data = official_zip(tmp_path, "glue", "mrpc")
+    out = tmp_path / "glue.json"
+    argv = ["eval", "glue", "--checkpoint", str(tiny_run), "--task", "mrpc", "--data", str(data), "--shots", "1",
+            "--json", "--out", str(out)]
+    assert main(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    model, tok = checkpoint.load(tiny_run)
+    task = get_task("glue", "mrpc")
+    ref = evaluate_task(model, tok, task, load_records(task, "eval", data), load_records(task, "train", data), shots=1)
+    assert got["tasks"] == [ref.summary()] and got["average"] == pytest.approx(ref.score)
+    assert set(got["tasks"][0]) >= {"acc", "f1", "score"}
+    assert len(json.loads(out.read_text())["results"][0]["items"]["mrpc"]) == 2
+    assert main(["eval", "superglue", "--checkpoint", str(tiny_run), "--task", "copa",
+                 "--data", str(official_zip(tmp_path, "superglue", "copa"))]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["task", "shots", "n", "metrics", "score"]
+    assert row.split()[:3] == ["copa", "0", "1"] and row.split()[3].startswith("acc=")
+
+
+def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "glue", "--checkpoint", str(tiny_run), "--task", "sst3"]) == 2
+    assert _one_line_error(capsys) == (
+        "error: unknown glue task 'sst3'; use one of cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli")
+    assert main(["eval", "superglue", "--checkpoint", str(tiny_run), "--task", "sst2"]) == 2
+    assert "unknown superglue task 'sst2'; use one of boolq, cb, copa" in _one_line_error(capsys)
+    wrong = write_zip(tmp_path / "SST-2.zip", {"SST-2/train.tsv": GLUE["sst2"]["SST-2/train.tsv"]})
+    out = tmp_path / "r.json"
+    assert main(["eval", "glue", "--checkpoint", str(tiny_run), "--task", "sst2", "--data", str(wrong),
+                 "--out", str(out)]) == 2
+    assert _one_line_error(capsys) == f"error: archive {wrong} has no SST-2/dev.tsv; is it the official SST-2.zip?"
+    assert not out.exists()
+    assert main(["eval", "glue", "--checkpoint", str(tiny_run), "--task", "sst2,cola", "--data", str(wrong)]) == 2
+    assert "one --task at a time" in _one_line_error(capsys)
+
+
+def test_periodic_hook(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("scratchlm.eval.periodic._bench_records",
+                        lambda suite, name: load_records(get_task(suite, name), "eval",
+                                                         official_zip(tmp_path, suite, name)))
+    model, tok = checkpoint.load(tiny_run)
+    got = evaluate_tasks(model, tok, ["glue:cola@1", "superglue:multirc"], "cpu")
+    assert set(got) == {"glue_cola_mcc", "glue_cola_score", "superglue_multirc_em", "superglue_multirc_f1a",
+                        "superglue_multirc_score"}
+    task = get_task("superglue", "multirc")
+    ref = evaluate_task(model, tok, task, load_records(task, "eval", official_zip(tmp_path, "superglue", "multirc")))
+    assert got["superglue_multirc_f1a"] == ref.metrics["f1a"] and got["glue_cola_mcc"] == 0.0  # one item: undefined
+
+
+# ---- a model trained to a known pattern --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, width-32 GPT trained with AdamW on SST-2 prompts (the shipped template) + their answers, in
+    rows of 3 as few-shot prompts join them, until it knows every answer; saved as a checkpoint."""
+    task = get_task("glue", "sst2")
+    records = [Record({"sentence": s.strip()}, float(y)) for s, y in
+               (line.rsplit("\t", 1) for line in sst2_tsv().splitlines()[1:])]
+    items = [render(template_for(task), r) for r in records]
+    docs = [it.context + " " + it.right_choice() for it in items]
+    tok = CharTokenizer.train(docs + ["\n"])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=256, n_layer=2, n_head=2, d_model=32))
+    steps = 300
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        rows = [torch.randperm(len(docs), generator=gen)[:3].tolist() for _ in range(8)]
+        seqs = [tok.encode_ordinary("\n\n".join(docs[i] for i in row)) for row in rows]
+        ids = torch.tensor([s[: min(map(len, seqs))] for s in seqs])  # (8, T)
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        decay.step()
+    run = tmp_path_factory.mktemp("sst2") / "run"
+    checkpoint.save_step(run, steps, model, tok)
+    return run
+
+
+@pytest.mark.slow
+def test_trained_model_scores_100_percent_and_shuffled_labels_near_chance(
+        trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_zip(tmp_path / "SST-2.zip", {"SST-2/train.tsv": sst2_tsv(), "SST-2/dev.tsv": sst2_tsv()})
+    base = ["eval", "glue", "--checkpoint", str(trained), "--task", "sst2", "--json"]
+    assert main([*base, "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"][0]["acc"] == 1.0
+    assert main([*base, "--data", str(data), "--shots", "2", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"][0]["acc"] >= 0.9
+    true = [int(line.rsplit("\t", 1)[1]) for line in sst2_tsv().splitlines()[1:]]
+    rng = random.Random(1)
+    shuffled = [rng.randrange(2) for _ in true]
+    noise = write_zip(tmp_path / "noise.zip", {"SST-2/train.tsv": sst2_tsv(), "SST-2/dev.tsv": sst2_tsv(shuffled)})
+    assert main([*base, "--data", str(noise)]) == 0
+    acc = json.loads(capsys.readouterr().out)["tasks"][0]["acc"]
+    agree = sum(a == b for a, b in zip(true, shuffled)) / len(true)  # the model keeps its (right) answers
+    assert acc == pytest.approx(agree) and abs(acc - 0.5) <= 0.2
