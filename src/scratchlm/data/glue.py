@@ -63,7 +63,8 @@ class TaskSource:
     columns: tuple[str, ...] = ()
     """Column names of a TSV without a header row (CoLA)."""
     text_fields: tuple[str, ...] = field(default=())
-    """Fields a classifier reads, in order (a sentence pair: two); empty: not a classification task."""
+    """Fields a classifier reads, in order (short ones first: truncation cuts the end); empty: not a text
+    classification task (STS-B, COPA, ReCoRD)."""
 
     @property
     def key(self) -> str:
@@ -257,14 +258,14 @@ _TASKS = [
     # ---- SuperGLUE: https://super.gluebenchmark.com/tasks; archives at dl.fbaipublicfiles.com/glue/superglue/data/v2/
     TaskSource("superglue", "boolq", "BoolQ", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-boolq",
                _classify({"passage": "passage", "question": "question"}, "label", _BOOL), ("False", "True"),
-               text_fields=("passage", "question")),
+               text_fields=("question", "passage")),
     TaskSource("superglue", "cb", "CB", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-cb",
                _classify({"premise": "premise", "hypothesis": "hypothesis"}, "label",
                          {"entailment": 0, "contradiction": 1, "neutral": 2}),
                ("entailment", "contradiction", "neutral"), text_fields=("premise", "hypothesis")),
     TaskSource("superglue", "copa", "COPA", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-copa", _copa),
     TaskSource("superglue", "multirc", "MultiRC", {"train": "train.jsonl", "eval": "val.jsonl"},
-               "superglue-multirc", _multirc, ("False", "True")),
+               "superglue-multirc", _multirc, ("False", "True"), text_fields=("question", "answer", "paragraph")),
     TaskSource("superglue", "record", "ReCoRD", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-record",
                _record),
     TaskSource("superglue", "rte", "RTE", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-rte",
@@ -272,9 +273,9 @@ _TASKS = [
                ("entailment", "not_entailment"), text_fields=("premise", "hypothesis")),
     TaskSource("superglue", "wic", "WiC", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-wic",
                _classify({"word": "word", "sentence1": "sentence1", "sentence2": "sentence2"}, "label", _BOOL),
-               ("False", "True"), text_fields=("sentence1", "sentence2")),
+               ("False", "True"), text_fields=("word", "sentence1", "sentence2")),
     TaskSource("superglue", "wsc", "WSC", {"train": "train.jsonl", "eval": "val.jsonl"}, "superglue-wsc", _wsc,
-               ("False", "True")),
+               ("False", "True"), text_fields=("span2_text", "span1_text", "text")),
 ]
 TASKS: dict[str, TaskSource] = {t.key: t for t in _TASKS}
 """`suite:name` -> its source."""
