@@ -22,6 +22,7 @@ from scratchlm.data.glue import Record, get_task, load_records, task_names
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval import metrics as M
 from scratchlm.eval.glue import (
+    Template,
     evaluate_task,
     load_templates,
     predictions,
@@ -366,6 +367,13 @@ def test_json_table_and_report_match_the_library(tiny_run: Path, tmp_path: Path,
     assert got["tasks"] == [ref.summary()] and got["average"] == pytest.approx(ref.score)
     assert set(got["tasks"][0]) >= {"acc", "f1", "score"}
     assert len(json.loads(out.read_text())["results"][0]["items"]["mrpc"]) == 2
+    # --templates swaps in a JSON file of prompts
+    custom = tmp_path / "t.json"
+    custom.write_text(json.dumps({"mrpc": {"prompt": "{sentence1} = {sentence2}?", "choices": ["no", "yes"]}}))
+    assert main([*argv[:-2], "--templates", str(custom)]) == 0
+    ref = evaluate_task(model, tok, task, load_records(task, "eval", data), load_records(task, "train", data), shots=1,
+                        template=Template("{sentence1} = {sentence2}?", ("no", "yes")))
+    assert json.loads(capsys.readouterr().out)["tasks"] == [ref.summary()]
     assert main(["eval", "superglue", "--checkpoint", str(tiny_run), "--task", "copa",
                  "--data", str(official_zip(tmp_path, "superglue", "copa"))]) == 0
     header, _, row = capsys.readouterr().out.splitlines()

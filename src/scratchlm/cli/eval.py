@@ -59,21 +59,27 @@ class PerplexityConfig(_EvalRun):
 
 
 @dataclass
-class MCConfig(_EvalRun):
+class _FewShotRun(_EvalRun):
+    """What the log-likelihood commands (`eval mc`, `eval glue|superglue`) share."""
+
+    shots: int = 0
+    """Few-shot examples before each item, drawn from the task's separate (train) split (see docs/eval.md)."""
+    limit: int = 0
+    """Evaluate only the first N items of each task (0: all)."""
+    seed: int = 1234
+    """Seed of the few-shot draw: the same seed gives the same prompts."""
+    batch_size: int = 8
+    """Choices scored per forward pass."""
+
+
+@dataclass
+class MCConfig(_FewShotRun):
     """Few-shot multiple-choice accuracy (acc and length-normalised acc_norm) by log-likelihood."""
 
     task: str = ""
     """hellaswag, arc-easy, arc-challenge, mmlu, or a JSONL file of {"context", "choices", "label"} items."""
-    shots: int = 0
-    """Few-shot examples before each item, drawn from the task's separate split (see docs/eval.md)."""
-    limit: int = 0
-    """Evaluate only the first N items (0: all)."""
-    seed: int = 1234
-    """Seed of the few-shot draw: the same seed gives the same prompts."""
     fewshot_task: Path | None = None
     """A JSONL file of items to draw the shots from (default: the task's own few-shot split)."""
-    batch_size: int = 8
-    """Choices scored per forward pass."""
 
 
 # ---- shared helpers ---------------------------------------------------------------------------------------------
@@ -220,23 +226,15 @@ def mc(argv: list[str], prog: str) -> int:
 
 
 @dataclass
-class BenchConfig(_EvalRun):
+class BenchConfig(_FewShotRun):
     """GLUE or SuperGLUE tasks, zero- or few-shot by log-likelihood, with each task's official metric."""
 
     task: str = ""
     """Task names, comma-separated, or all (see docs/eval.md for the list)."""
-    shots: int = 0
-    """Examples from the task's train split before each item (GPT-3's few-shot setting)."""
-    limit: int = 0
-    """Evaluate only the first N items of each task's dev/validation split (0: all)."""
-    seed: int = 1234
-    """Seed of the few-shot draw: the same seed gives the same prompts."""
     data: Path | None = None
     """The official archive (e.g. SST-2.zip) or its unpacked folder, instead of the named asset (one task only)."""
     templates: Path | None = None
     """A JSON file of prompt templates replacing the built-in ones (same layout as eval/templates/*.json)."""
-    batch_size: int = 8
-    """Choices scored per forward pass."""
 
 
 def _bench(suite: str, argv: list[str], prog: str) -> int:
