@@ -1,5 +1,5 @@
-"""`scratchlm eval perplexity|mc|glue|superglue|judge|harness`: load a checkpoint, run the evaluation, print a table or JSON,
-write a report (and a plot when a run folder's steps make a series)."""
+"""`scratchlm eval perplexity|mc|glue|superglue|judge|harness`: load a checkpoint, run the evaluation, print a
+table or JSON, write a report (and a plot when a run folder's steps make a series)."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ class BenchConfig(_FewShotRun):
 
 def _bench(suite: str, argv: list[str], prog: str) -> int:
     from scratchlm.data.glue import get_task, task_names
-    from scratchlm.eval.glue import average, evaluate_task, load_task_data, template_for
+    from scratchlm.eval.glue import METRICS, average, evaluate_task, load_task_data, template_for
     from scratchlm.eval.report import fmt, plot_series, write_json
 
     cfg = parse(BenchConfig, argv, prog)
@@ -276,9 +276,8 @@ def _bench(suite: str, argv: list[str], prog: str) -> int:
         for row in rows:
             if "step" in row:
                 print(f"step {row['step']}")
-            lines = [[s["task"], s["shots"], s["n"],
-                      " ".join(f"{k}={fmt(s[k])}" for k in s if k not in ("suite", "task", "shots", "seed", "n", "score")),
-                      s["score"]] for s in row["tasks"]]
+            lines = [[s["task"], s["shots"], s["n"], " ".join(f"{k}={fmt(v)}" for k, v in s.items() if k in metrics),
+                      s["score"]] for s, metrics in zip(row["tasks"], (METRICS[t.key] for t in tasks))]
             if len(lines) > 1:
                 lines.append(["average", "", "", "", row["average"]])
             print(table(["task", "shots", "n", "metrics", "score"], lines))

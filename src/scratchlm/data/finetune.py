@@ -177,9 +177,9 @@ def load_classification(
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     n_test, n_val = int(len(rows) * test_fraction), int(len(rows) * val_fraction)
-    pick = lambda ids: [examples[i] for i in ids]  # noqa: E731
-    return _encode_splits(labels, pick(order[n_test + n_val :]), pick(order[n_test : n_test + n_val]),
-                          pick(order[:n_test]), tokenizer, max_length, balance)
+    train, val, test = order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+    return _encode_splits(labels, [examples[i] for i in train], [examples[i] for i in val],
+                          [examples[i] for i in test], tokenizer, max_length, balance)
 
 
 def classification_from_splits(

@@ -313,7 +313,8 @@ def load_records(task: TaskSource, split: str, source: Path | None = None) -> li
     if source is None and task.key == "glue:mrpc":
         return _mrpc_from_assets(split)
     path = Path(source) if source is not None else assets.fetch(task.asset)
-    what = f"{task.folder}.zip" if task.suite == "glue" else f"SuperGLUE {task.folder}.zip"
+    archive = "MRPC.zip" if task.key == "glue:mrpc" else assets.get_asset(task.asset).url.rsplit("/", 1)[1]
+    what = archive if task.suite == "glue" else f"SuperGLUE {archive}"
     name = task.files[split]
     text = _open_member(path, task.folder, name, what)
     where = f"{path}:{task.folder}/{name}"
