@@ -22,6 +22,7 @@ from scratchlm.data.glue import Record, get_task, load_records, task_names
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval import metrics as M
 from scratchlm.eval.glue import (
+    METRICS,
     Template,
     evaluate_task,
     load_templates,
@@ -264,6 +265,14 @@ def test_metrics_by_hand() -> None:
     got = score_metrics("glue:stsb", [_r(g) for g in gold], pred)
     assert got == pytest.approx({"pearson": r, "spearman": 1.0})
     assert math.isnan(M.pearson([1.0, 1.0], [1.0, 2.0]))
+    # every task reports exactly its official metrics; accuracy-only tasks: 3 of 4 right
+    for key, names in METRICS.items():
+        if key in ("glue:stsb", "superglue:record"):
+            continue
+        got = score_metrics(key, [_r(v, group=str(i)) for i, v in enumerate([1, 0, 1, 0])], [1, 0, 0, 0])
+        assert tuple(got) == names, key
+        if names == ("acc",):
+            assert got["acc"] == 0.75
 
 
 def test_stsb_prediction_is_the_expected_score() -> None:
