@@ -41,6 +41,8 @@ class Asset:
 
 _GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"
 _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
+_GLUE = "https://dl.fbaipublicfiles.com/glue/data"
+_SUPERGLUE = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2"
 
 REGISTRY: dict[str, Asset] = {
     a.name: a
@@ -147,8 +149,59 @@ REGISTRY: dict[str, Asset] = {
             "mmlu/data.tar",
             "MMLU (Hendrycks et al.): 57 subjects, dev/val/test CSVs in one 166 MB tar (eval task mmlu)",
         ),
+        # GLUE's MRPC: no pinned GLUE zip; GLUE's download script builds it from Microsoft's
+        # msr_paraphrase_train.txt and GLUE's dev ids, and so does scratchlm.data.glue (sha256: HF datasets)
+        Asset("glue-mrpc-train", "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_train.txt",
+              "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", "glue/msr_paraphrase_train.txt",
+              "GLUE MRPC: Microsoft's paraphrase pairs, train + dev (4,076)"),
+        Asset("glue-mrpc-dev-ids", f"{_GLUE}/mrpc_dev_ids.tsv",
+              "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", "glue/mrpc_dev_ids.tsv",
+              "GLUE MRPC: the 408 pair ids of GLUE's dev split"),
     ]
 }
+
+# GLUE and SuperGLUE (scratchlm.data.glue): the official per-task zips, read in place. The sha256 of each
+# archive is the one Hugging Face datasets' glue / super_glue dataset_infos.json record for the same URL
+# (download_checksums; TFDS's url_checksums agree for the GLUE zips).
+def _benchmark_zip(suite: str, name: str, file: str, sha256: str, what: str) -> Asset:
+    base, label = (_GLUE, "GLUE") if suite == "glue" else (_SUPERGLUE, "SuperGLUE")
+    return Asset(f"{suite}-{name}", f"{base}/{file}", sha256, f"{suite}/{file}", f"{label} {what}")
+
+
+REGISTRY.update({a.name: a for a in [
+    _benchmark_zip("glue", "cola", "CoLA.zip", "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff",
+                   "CoLA: grammatical acceptability, 8,551 train / 1,043 dev"),
+    _benchmark_zip("glue", "sst2", "SST-2.zip", "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa",
+                   "SST-2: sentiment, 67,349 train / 872 dev"),
+    _benchmark_zip("glue", "qqp", "QQP-clean.zip", "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0",
+                   "QQP: duplicate questions, 363,846 train / 40,430 dev"),
+    _benchmark_zip("glue", "stsb", "STS-B.zip", "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85",
+                   "STS-B: similarity 0-5, 5,749 train / 1,500 dev"),
+    _benchmark_zip("glue", "mnli", "MNLI.zip", "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633",
+                   "MNLI: 3-way entailment, 392,702 train / 9,815 dev matched (313 MB)"),
+    _benchmark_zip("glue", "qnli", "QNLIv2.zip", "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5",
+                   "QNLI: question-sentence entailment, 104,743 train / 5,463 dev"),
+    _benchmark_zip("glue", "rte", "RTE.zip", "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee",
+                   "RTE (GLUE): entailment, 2,490 train / 277 dev"),
+    _benchmark_zip("glue", "wnli", "WNLI.zip", "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46",
+                   "WNLI: Winograd as entailment, 635 train / 71 dev"),
+    _benchmark_zip("superglue", "boolq", "BoolQ.zip", "853fbe7922f70c59629f06a39e8d9ca440c3d740e760fd3b87a5ddf3dcba2436",
+                   "BoolQ: yes/no questions on a passage, 9,427 train / 3,270 val"),
+    _benchmark_zip("superglue", "cb", "CB.zip", "8d641383298d54554066ba1c93f56ae7410af75df621b90c63028806bbbbb535",
+                   "CommitmentBank: 3-way entailment, 250 train / 56 val"),
+    _benchmark_zip("superglue", "copa", "COPA.zip", "405906cddac74bc1e1ce8220f1107d1025b66a25ef10149d91b10bb30651125f",
+                   "COPA: cause or effect of two alternatives, 400 train / 100 val"),
+    _benchmark_zip("superglue", "multirc", "MultiRC.zip", "b3cd440856e72eb166b2edcd37b798455f1ebd51f2c3de64c0c2a4e1971d2737",
+                   "MultiRC: true/false answer options, 27,243 train / 4,848 val options"),
+    _benchmark_zip("superglue", "record", "ReCoRD.zip", "30c7b651ab21b8bf8fab986495cd1084333010e040548f861b839eec0044ac18",
+                   "ReCoRD: cloze entity choice, 100,730 train / 10,000 val queries (52 MB)"),
+    _benchmark_zip("superglue", "rte", "RTE.zip", "6310aab3f000424c9d0318a1ff20692e07c7f4aa15e8f17a5972ea0a35c398b9",
+                   "RTE (SuperGLUE): entailment, 2,490 train / 277 val"),
+    _benchmark_zip("superglue", "wic", "WiC.zip", "ee7e67f4ae9eafbf533780faa198e62167f3cda54256cdf261877be3c0e90900",
+                   "WiC: same word sense?, 5,428 train / 638 val"),
+    _benchmark_zip("superglue", "wsc", "WSC.zip", "2ed6dfa94556b4a128ff0441efe365b2e883124e7e6aa00fb8d3a6cb1fd520a9",
+                   "WSC: pronoun coreference, 554 train / 104 val"),
+]})
 
 
 def get_asset(name: str) -> Asset:

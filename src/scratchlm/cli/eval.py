@@ -1,5 +1,5 @@
-"""`scratchlm eval perplexity|mc|judge|harness|verify`: load a checkpoint, run the evaluation, print a table or
-JSON, write a report (and a plot when a run folder's steps make a series)."""
+"""`scratchlm eval perplexity|mc|glue|superglue|judge|harness|verify`: load a checkpoint, run the evaluation,
+print a table or JSON, write a report (and a plot when a run folder's steps make a series)."""
 
 from __future__ import annotations
 
@@ -61,21 +61,27 @@ class PerplexityConfig(_EvalRun):
 
 
 @dataclass
-class MCConfig(_EvalRun):
+class _FewShotRun(_EvalRun):
+    """What the log-likelihood commands (`eval mc`, `eval glue|superglue`) share."""
+
+    shots: int = 0
+    """Few-shot examples before each item, drawn from the task's separate (train) split (see docs/eval.md)."""
+    limit: int = 0
+    """Evaluate only the first N items of each task (0: all)."""
+    seed: int = 1234
+    """Seed of the few-shot draw: the same seed gives the same prompts."""
+    batch_size: int = 8
+    """Choices scored per forward pass."""
+
+
+@dataclass
+class MCConfig(_FewShotRun):
     """Few-shot multiple-choice accuracy (acc and length-normalised acc_norm) by log-likelihood."""
 
     task: str = ""
     """hellaswag, arc-easy, arc-challenge, mmlu, or a JSONL file of {"context", "choices", "label"} items."""
-    shots: int = 0
-    """Few-shot examples before each item, drawn from the task's separate split (see docs/eval.md)."""
-    limit: int = 0
-    """Evaluate only the first N items (0: all)."""
-    seed: int = 1234
-    """Seed of the few-shot draw: the same seed gives the same prompts."""
     fewshot_task: Path | None = None
     """A JSONL file of items to draw the shots from (default: the task's own few-shot split)."""
-    batch_size: int = 8
-    """Choices scored per forward pass."""
 
 
 # ---- shared helpers ---------------------------------------------------------------------------------------------
@@ -216,6 +222,84 @@ def mc(argv: list[str], prog: str) -> int:
                     "acc_norm": [r["acc_norm"] for r in rows]}, "step", f"{task.name}, {cfg.shots}-shot")
         print(f"plot: {path}", file=sys.stderr)
     return 0
+
+
+# ---- eval glue / superglue ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig(_FewShotRun):
+    """GLUE or SuperGLUE tasks, zero- or few-shot by log-likelihood, with each task's official metric."""
+
+    task: str = ""
+    """Task names, comma-separated, or all (see docs/eval.md for the list)."""
+    data: Path | None = None
+    """The official archive (e.g. SST-2.zip) or its unpacked folder, instead of the named asset (one task only)."""
+    templates: Path | None = None
+    """A JSON file of prompt templates replacing the built-in ones (same layout as eval/templates/*.json)."""
+
+
+def _bench(suite: str, argv: list[str], prog: str) -> int:
+    from scratchlm.data.glue import get_task, task_names
+    from scratchlm.eval.glue import METRICS, average, evaluate_task, load_task_data, template_for
+    from scratchlm.eval.report import fmt, plot_series, write_json
+
+    cfg = parse(BenchConfig, argv, prog)
+    names = [t.strip() for t in cfg.task.split(",") if t.strip()]
+    if not names:
+        raise ScratchlmError(f"name a task: --task {'|'.join(task_names(suite))} (comma-separated, or all)")
+    if names == ["all"]:
+        names = task_names(suite)
+    tasks = [get_task(suite, n) for n in names]  # an unknown name fails before any model loads
+    if cfg.data is not None and len(tasks) > 1:
+        raise ScratchlmError("--data is one task's archive; evaluate one --task at a time with it")
+    if cfg.shots < 0 or cfg.limit < 0:
+        raise ScratchlmError("--shots and --limit must be >= 0")
+    templates = str(cfg.templates) if cfg.templates else None
+    data = {t.key: (template_for(t, templates), *load_task_data(t, cfg.data, cfg.shots)) for t in tasks}
+    device = _device(cfg.device)
+    rows, details = [], []
+    for step, folder in _steps(cfg.checkpoint, cfg.all_steps):
+        model, tok = _load(folder, device, cfg.int8)
+        results = []
+        for t in tasks:
+            template, records, pool = data[t.key]
+            results.append(evaluate_task(model, tok, t, records, pool, cfg.shots, cfg.seed, cfg.limit,
+                                         cfg.batch_size, device, cfg.dtype, template, progress=True))
+        head = {"checkpoint": str(folder)} if step is None else {"step": step, "checkpoint": str(folder)}
+        rows.append({**head, "suite": suite, "shots": cfg.shots, "seed": cfg.seed,
+                     "tasks": [r.summary() for r in results], "average": average(results)})
+        details.append({**rows[-1], "items": {r.task: r.items for r in results}})
+    if cfg.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+    else:
+        from scratchlm.eval.report import table
+
+        for row in rows:
+            if "step" in row:
+                print(f"step {row['step']}")
+            lines = [[s["task"], s["shots"], s["n"], " ".join(f"{k}={fmt(v)}" for k, v in s.items() if k in metrics),
+                      s["score"]] for s, metrics in zip(row["tasks"], (METRICS[t.key] for t in tasks))]
+            if len(lines) > 1:
+                lines.append(["average", "", "", "", row["average"]])
+            print(table(["task", "shots", "n", "metrics", "score"], lines))
+    if cfg.out is not None:
+        write_json(cfg.out, {"command": suite, "results": details})
+    if cfg.all_steps:
+        path = _plot_path(cfg.plot, cfg.out, suite)
+        assert path is not None
+        series = {s["task"]: [r["tasks"][i]["score"] for r in rows] for i, s in enumerate(rows[0]["tasks"])}
+        plot_series(path, [r["step"] for r in rows], series, "step", f"{suite}, {cfg.shots}-shot score")
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+def glue(argv: list[str], prog: str) -> int:
+    return _bench("glue", argv, prog)
+
+
+def superglue(argv: list[str], prog: str) -> int:
+    return _bench("superglue", argv, prog)
 
 
 # ---- eval harness ---------------------------------------------------------------------------------------------------

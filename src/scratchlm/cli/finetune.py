@@ -79,12 +79,15 @@ class _FinetuneBase(TrainConfig):
         super().__post_init__()
         if self.checkpoint is None:
             raise ConfigError("--checkpoint is required: the folder of the model to finetune")
-        if self.data is None:
+        if self.data is None and not self.data_is_optional():
             raise ConfigError("--data is required: the training data file")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2, got {self.max_length}")
+
+    def data_is_optional(self) -> bool:
+        return False
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -103,6 +106,12 @@ class ClassifyConfig(_FinetuneBase):
     """Column holding the label."""
     columns: tuple[str, ...] = ()
     """Column names for a CSV/TSV WITHOUT a header row, comma-separated (the SMS spam file: label,text)."""
+    pair_field: str = ""
+    """Second text column of a sentence-pair task (joined to --text-field by a newline); empty: single texts."""
+    task: str = ""
+    """A GLUE/SuperGLUE classification task (glue:mrpc, glue:rte, superglue:boolq, ...): trains on its official
+    train split, reports on its dev split with the official metric; --data is then the official zip or folder
+    (default: the named asset)."""
     test_fraction: float = 0.2
     """Fraction of the data held out for the final test report."""
     balance: str = "none"
@@ -117,6 +126,9 @@ class ClassifyConfig(_FinetuneBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.columns = _split_commas(self.columns)
+
+    def data_is_optional(self) -> bool:
+        return bool(self.task)
 
 
 @dataclass
@@ -225,11 +237,16 @@ def classify(argv: list[str], prog: str) -> int:
     from scratchlm.train.modes.classify import ClassifyMode
 
     cfg = parse(ClassifyConfig, argv, prog)
+    task = _classify_task(cfg.task) if cfg.task else None  # a bad name fails before the model loads
     model, tokenizer, _ = _start(cfg, "classify")
-    data = load_classification(
-        cfg.data, tokenizer, cfg.text_field, cfg.label_field, cfg.columns or None, cfg.max_length,
-        cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed,
-    )
+    if task is not None:
+        data = _task_data(task, cfg, tokenizer)
+    else:
+        assert cfg.data is not None
+        data = load_classification(
+            cfg.data, tokenizer, cfg.text_field, cfg.label_field, cfg.columns or None, cfg.max_length,
+            cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed, cfg.pair_field,
+        )
     pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
     mode = ClassifyMode(data, pad_id, cfg.max_length, cfg.train, cfg.last_k, cfg.lora_config(), cfg.checkpoint)
     result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
@@ -242,10 +259,50 @@ def classify(argv: list[str], prog: str) -> int:
             y_true, y_pred, _ = predict_batches(module, batches)
             reports[split] = classification_report(y_true, y_pred, data.labels)
             print(format_report(reports[split], split))
+            if task is not None and split == "test":
+                reports[split]["official"] = _official(task.key, y_true, y_pred)
+                values = reports[split]["official"]
+                print(f"{task.key} dev, official metric: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     report_path = Path(cfg.out) / "report.json"
     atomic_write_text(report_path, json.dumps({"checkpoint": str(result.checkpoint), **reports}, indent=1) + "\n")
     print(f"report: {report_path}")
     return 0
+
+
+def _classify_task(key: str) -> Any:
+    """`glue:mrpc` -> its TaskSource, if it is a classification task."""
+    from scratchlm.data.glue import TASKS, get_task
+
+    suite, _, name = key.partition(":")
+    task = get_task(suite, name) if name else None
+    if task is None:
+        raise ScratchlmError(f"--task {key!r}: write SUITE:TASK, e.g. glue:mrpc or superglue:boolq")
+    if not task.text_fields:
+        usable = ", ".join(k for k, t in TASKS.items() if t.text_fields)
+        raise ScratchlmError(f"--task {key} is not a text classification task; use one of {usable}")
+    return task
+
+
+def _task_data(task: Any, cfg: ClassifyConfig, tokenizer: Any) -> Any:
+    """The task's official train split (minus --val-fraction for validation) and its dev split as the test split;
+    the text fields of a pair are joined by a newline."""
+    from scratchlm.data.finetune import PAIR_SEPARATOR, classification_from_splits
+    from scratchlm.data.glue import load_records
+
+    def examples(split: str) -> list[tuple[str, int]]:
+        records = load_records(task, split, cfg.data)
+        return [(PAIR_SEPARATOR.join(r.fields[f] for f in task.text_fields), int(r.label)) for r in records]
+
+    assert cfg.max_length is not None
+    return classification_from_splits(task.labels, examples("train"), examples("eval"), tokenizer, cfg.max_length,
+                                      cfg.val_fraction, cfg.balance, cfg.seed)
+
+
+def _official(key: str, y_true: list[int], y_pred: list[int]) -> dict[str, float]:
+    from scratchlm.data.glue import Record
+    from scratchlm.eval.glue import score_metrics
+
+    return score_metrics(key, [Record({}, y) for y in y_true], y_pred)
 
 
 def sft(argv: list[str], prog: str) -> int:

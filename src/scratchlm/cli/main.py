@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("scratchlm.cli.serve:serve", "OpenAI-compatible HTTP server with a web chat page"),
     "eval perplexity": ("scratchlm.cli.eval:perplexity", "sliding-window perplexity, word perplexity, bits/byte"),
     "eval mc": ("scratchlm.cli.eval:mc", "few-shot multiple-choice accuracy"),
+    "eval glue": ("scratchlm.cli.eval:glue", "GLUE tasks, zero-/few-shot, official metrics"),
+    "eval superglue": ("scratchlm.cli.eval:superglue", "SuperGLUE tasks, zero-/few-shot, official metrics"),
     "eval judge": ("scratchlm.cli.eval:judge", "score instruction following with a judge model"),
     "eval verify": ("scratchlm.cli.eval:verify", "accuracy of sampled answers checked by a verifier (math, ...)"),
     "eval harness": ("scratchlm.cli.eval:harness", "EleutherAI's lm-evaluation-harness on a checkpoint"),

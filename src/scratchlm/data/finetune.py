@@ -139,6 +139,10 @@ class ClassificationData:
 BALANCE = ("none", "undersample", "weight")
 
 
+PAIR_SEPARATOR = "\n"
+"""Joins the texts of a sentence pair (`--pair-field`, GLUE's MRPC/RTE/...) into the one text a classifier reads."""
+
+
 def load_classification(
     path: str | Path,
     tokenizer: Any,
@@ -150,15 +154,14 @@ def load_classification(
     test_fraction: float = 0.2,
     balance: str = "none",
     seed: int = 0,
+    pair_field: str = "",
 ) -> ClassificationData:
-    """Read, check, split (shuffled by `seed`) and tokenize a labelled text file; balance only the train split."""
-    if balance not in BALANCE:
-        raise ScratchlmError(f"--balance {balance!r} is unknown; use one of {', '.join(BALANCE)}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ScratchlmError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+    """Read, check, split (shuffled by `seed`) and tokenize a labelled text file; balance only the train split.
+    With `pair_field` each example is a sentence pair: text_field + PAIR_SEPARATOR + pair_field."""
+    _check_split_settings(balance, val_fraction, test_fraction)
     rows = read_table(path, columns)
-    for name, what in ((text_field, "--text-field"), (label_field, "--label-field")):
-        if name not in rows[0]:
+    for name, what in ((text_field, "--text-field"), (label_field, "--label-field"), (pair_field, "--pair-field")):
+        if name and name not in rows[0]:
             raise ScratchlmError(
                 f"column {name!r} ({what}) is not in {path}; its columns are {list(rows[0])[:8]} "
                 "(for a file without a header row, name the columns with --columns, e.g. --columns label,text)"
@@ -169,20 +172,58 @@ def load_classification(
             f"column {label_field!r} of {path} has only one class ({labels[0]!r}); a classifier needs at least two"
         )
     index = {name: i for i, name in enumerate(labels)}
+    texts = [str(r[text_field]) + (PAIR_SEPARATOR + str(r[pair_field]) if pair_field else "") for r in rows]
+    examples = [(t, index[str(r[label_field])]) for t, r in zip(texts, rows)]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     n_test, n_val = int(len(rows) * test_fraction), int(len(rows) * val_fraction)
-    split = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    train, val, test = order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+    return _encode_splits(labels, [examples[i] for i in train], [examples[i] for i in val],
+                          [examples[i] for i in test], tokenizer, max_length, balance)
 
-    def encode(ids: list[int]) -> list[tuple[list[int], int]]:
-        out = []
-        for i in ids:
-            toks = tokenizer.encode_ordinary(str(rows[i][text_field]))[:max_length] or [0]
-            out.append((toks, index[str(rows[i][label_field])]))
-        return out
 
-    train = list(split["train"])
-    counts = Counter(index[str(rows[i][label_field])] for i in train)
+def classification_from_splits(
+    labels: Sequence[str],
+    train: Sequence[tuple[str, int]],
+    test: Sequence[tuple[str, int]],
+    tokenizer: Any,
+    max_length: int = 256,
+    val_fraction: float = 0.1,
+    balance: str = "none",
+    seed: int = 0,
+) -> ClassificationData:
+    """Examples (text, label index) already split by their publisher (GLUE: train, and dev as the test split);
+    `val_fraction` of train (shuffled by `seed`) is held out for validation."""
+    _check_split_settings(balance, val_fraction, 0.0)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_val = int(len(train) * val_fraction)
+    return _encode_splits(list(labels), [train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]],
+                          list(test), tokenizer, max_length, balance)
+
+
+def _check_split_settings(balance: str, val_fraction: float, test_fraction: float) -> None:
+    if balance not in BALANCE:
+        raise ScratchlmError(f"--balance {balance!r} is unknown; use one of {', '.join(BALANCE)}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ScratchlmError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+
+
+def _encode_splits(
+    labels: list[str],
+    train: list[tuple[str, int]],
+    val: list[tuple[str, int]],
+    test: list[tuple[str, int]],
+    tokenizer: Any,
+    max_length: int,
+    balance: str,
+) -> ClassificationData:
+    """Balance the train split (undersample or loss weights), then tokenize every split (truncated)."""
+
+    def encode(examples: list[tuple[str, int]]) -> list[tuple[list[int], int]]:
+        return [(tokenizer.encode_ordinary(text)[:max_length] or [0], y) for text, y in examples]
+
+    counts = Counter(y for _, y in train)
     weights = None
     if balance == "undersample":
         least = min(counts.get(c, 0) for c in range(len(labels)))
@@ -190,16 +231,15 @@ def load_classification(
             raise ScratchlmError("--balance undersample: a class has no training example; use more data or none")
         kept: Counter[int] = Counter()
         balanced = []
-        for i in train:
-            c = index[str(rows[i][label_field])]
-            if kept[c] < least:
-                kept[c] += 1
-                balanced.append(i)
+        for ex in train:
+            if kept[ex[1]] < least:
+                kept[ex[1]] += 1
+                balanced.append(ex)
         train = balanced
     elif balance == "weight":
         total = sum(counts.values())
         weights = [total / (len(labels) * max(counts.get(c, 0), 1)) for c in range(len(labels))]
-    return ClassificationData(labels, encode(train), encode(split["val"]), encode(split["test"]), weights)
+    return ClassificationData(labels, encode(train), encode(val), encode(test), weights)
 
 
 def collate_classification(examples: Sequence[tuple[list[int], int]], pad_id: int, pad_to: int | None = None) -> Batch:

@@ -6,6 +6,8 @@ A task is a short string:
 |-------------------------------|-------------------------------------------------------|----------------------------------|
 | `hellaswag`, `arc-easy`, ...  | zero-shot multiple choice on the first 200 items      | `<name>_acc`, `<name>_acc_norm`  |
 | `FILE.jsonl`                  | the same on a task file of your own                   | `<stem>_acc`, `<stem>_acc_norm`  |
+| `glue:sst2`, `superglue:cb`   | zero-shot GLUE/SuperGLUE task on the first 200 items  | `<suite>_<task>_<metric>`, and   |
+|                               | of its dev split, official metrics                    | `<suite>_<task>_score`           |
 | `ppl:wikitext-2`, `ppl:FILE`  | sliding-window perplexity (context = the model's,     | `<name>_word_ppl`, `<name>_bpb`, |
 |                               | stride = context/2) on the first 100,000 characters   | `<name>_ppl`                     |
 
@@ -24,8 +26,10 @@ import torch
 from torch import nn
 
 from scratchlm import assets
+from scratchlm.data.glue import Record, get_task, load_records
 from scratchlm.errors import ScratchlmError
 from scratchlm.eval.fewshot import evaluate_mc
+from scratchlm.eval.glue import evaluate_task
 from scratchlm.eval.perplexity import model_context_length, perplexity_of_text
 from scratchlm.eval.tasks import TASKS, Task, load_task
 
@@ -37,7 +41,7 @@ TEXT_ALIASES = {"wikitext-2": "wikitext-2-test"}
 @dataclass(frozen=True)
 class TaskSpec:
     kind: str
-    """mc or ppl."""
+    """mc, ppl, glue or superglue."""
     source: str
     """Task name / file (mc) or asset name / file (ppl)."""
     size: int
@@ -52,6 +56,12 @@ def parse_task(spec: str) -> TaskSpec:
     """`hellaswag@100` -> TaskSpec("mc", "hellaswag", 100); see the module docstring."""
     body, _, size_text = spec.partition("@")
     kind, source = ("ppl", body[4:]) if body.startswith("ppl:") else ("mc", body)
+    if body.startswith(("glue:", "superglue:")):
+        kind, source = body.split(":", 1)
+        try:
+            get_task(kind, source)  # an unknown task fails here, at step 0
+        except ScratchlmError as e:
+            raise ScratchlmError(f"eval task {spec!r}: {e}") from None
     try:
         size = int(size_text) if size_text else (PPL_CHARS if kind == "ppl" else MC_LIMIT)
     except ValueError:
@@ -60,7 +70,8 @@ def parse_task(spec: str) -> TaskSpec:
         raise ScratchlmError(f"eval task {spec!r} is not valid; use e.g. hellaswag, tasks.jsonl@100, ppl:wikitext-2")
     if kind == "mc" and source not in TASKS and not source.endswith(".jsonl"):
         raise ScratchlmError(
-            f"eval task {spec!r}: unknown task; use one of {', '.join(TASKS)}, a .jsonl file, or ppl:TEXT"
+            f"eval task {spec!r}: unknown task; use one of {', '.join(TASKS)}, glue:TASK, superglue:TASK, "
+            "a .jsonl file, or ppl:TEXT"
         )
     if kind == "ppl" and not Path(source).is_file() and TEXT_ALIASES.get(source, source) not in assets.REGISTRY:
         raise ScratchlmError(f"eval task {spec!r}: {source} is neither a text file nor a named text asset")
@@ -74,6 +85,11 @@ def check_tasks(tasks: list[str]) -> list[TaskSpec]:
 @functools.lru_cache(maxsize=16)
 def _mc_task(source: str) -> Task:
     return load_task(source)
+
+
+@functools.lru_cache(maxsize=16)
+def _bench_records(suite: str, name: str) -> list[Record]:
+    return load_records(get_task(suite, name), "eval")
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,6 +118,12 @@ def evaluate_tasks(model: nn.Module, tokenizer: object, tasks: list[str], device
                             task=task.name, item_pools=task.item_pools)
             results[f"{spec.name}_acc"] = r.acc
             results[f"{spec.name}_acc_norm"] = r.acc_norm
+        elif spec.kind in ("glue", "superglue"):
+            task = get_task(spec.kind, spec.source)
+            b = evaluate_task(core, tokenizer, task, _bench_records(spec.kind, spec.source), limit=spec.size,
+                              device=device)
+            results.update({f"{spec.kind}_{task.name}_{k}": v for k, v in b.metrics.items()})
+            results[f"{spec.kind}_{task.name}_score"] = b.score
         else:
             text = _text(spec.source)
             text = text[: spec.size] if spec.size else text
