@@ -78,3 +78,26 @@ def test_compiled_decode_with_rolling_cache_equals_eager() -> None:
     eager, _ = _engine_run(model)
     compiled, _ = _engine_run(model, compile=True)
     assert compiled == eager
+
+
+def test_pretrain_and_generate_a_sliding_window_model_from_the_cli(tmp_path, capsys) -> None:  # noqa: ANN001
+    """What the user types: a local/dense model trained by `scratchlm pretrain`, continued by `scratchlm generate`
+    past its window; the text equals greedy decoding by full recomputation."""
+    from scratchlm import checkpoint
+    from scratchlm.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["pretrain", "--preset", "shakespeare-char", "--model.n-layer", "2", "--model.n-head", "2",
+                 "--model.d-model", "32", "--model.d-ff", "64", "--model.context-length", "48",
+                 "--model.attn-pattern", "local,dense", "--model.attn-window", "8", "--micro-batch-size", "4",
+                 "--max-steps", "3", "--warmup-steps", "1", "--no-progress", "--sample-at-end", "0",
+                 "--eval-batches", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "ROMEO:", "--temperature", "0",
+                 "--max-new-tokens", "40"]) == 0  # fmt: skip
+    text = capsys.readouterr().out.rstrip("\n")
+    model, tok = checkpoint.load(run)
+    assert (model.config.attn_pattern, model.config.attn_window) == (("local", "dense"), 8)
+    prompt = tok.encode("ROMEO:")
+    out = tok.encode(text)
+    assert len(out) == 40 and out == _greedy_by_recomputation(model.eval(), prompt, out)
