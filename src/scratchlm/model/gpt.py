@@ -199,8 +199,8 @@ class GPT(nn.Module):
         masks = []
         for i, kind in enumerate(self.config.layer_patterns):
             ring = cache.ring[i] if cache is not None else None
-            if (kind, ring) not in made:
-                made[kind, ring] = self._pattern_mask(kind, i, dense, positions, cache)
+            if (kind, ring) not in made:  # dense layers never have a ring
+                made[kind, ring] = dense if kind == "dense" else self._pattern_mask(kind, i, dense, positions, cache)
             masks.append(made[kind, ring])
         return masks
 

@@ -63,7 +63,7 @@ def causal_mask(pattern: str, T: int, config: ModelConfig, device: torch.device)
            torch.is_inference_mode_enabled())  # fmt: skip
     mask = _CACHE.get(key)
     if mask is None:
-        if len(_CACHE) >= 32:
+        if len(_CACHE) >= 8:  # a handful of lengths in practice (training, evaluation)
             _CACHE.clear()
         mask = _CACHE[key] = _causal_mask(pattern, T, config, device)
     return mask
