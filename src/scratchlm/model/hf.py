@@ -50,7 +50,7 @@ def architecture(hf_config: Mapping[str, Any]) -> str:
         return by_type[model_type]
     name = ", ".join(archs) or f"model_type {model_type!r}"
     raise ScratchlmError(
-        f"Hugging Face architecture {name} is not supported; scratchlm converts {' and '.join(SUPPORTED)} folders"
+        f"Hugging Face architecture {name} is not supported; scratchlm converts {', '.join(SUPPORTED)} folders"
     )
 
 
