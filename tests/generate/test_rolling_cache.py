@@ -9,24 +9,16 @@ import torch
 
 from scratchlm.generate import SampleConfig
 from scratchlm.generate.engine import Engine, make_sequences
-from scratchlm.model import GPT, ModelConfig
+from scratchlm.model import GPT
 
 W = 16
 CONTEXT = 4 * W
 PROMPTS = [[1, 2, 3], list(range(5, 25)), [42], [7, 8] * 12, [9, 8]]  # shorter and longer than the window
 
 
-def _model(pattern: tuple[str, ...] = ("local",), **extra: object) -> GPT:
-    config = ModelConfig(vocab_size=97, context_length=CONTEXT, n_layer=2,
-                         n_head=2, n_kv_head=1, d_model=32, norm="rmsnorm", mlp="swiglu", positions="rope",
-                         bias=False, attn_pattern=pattern, attn_window=W, **extra)  # fmt: skip
-    torch.manual_seed(0)
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.5)
-    return model.eval()
+def _model(tiny_gpt, pattern: tuple[str, ...] = ("local",)) -> GPT:  # noqa: ANN001
+    """The tiny Llama of conftest.py (2 layers, GQA) with local layers of window W, context 4 W."""
+    return tiny_gpt("llama", context_length=CONTEXT, attn_pattern=pattern, attn_window=W)
 
 
 def _greedy_by_recomputation(model: GPT, prompt: list[int], out: list[int]) -> list[int]:
@@ -48,8 +40,10 @@ def _engine_run(model: GPT, compile: bool = False) -> tuple[list[list[int]], Eng
 
 
 @pytest.mark.parametrize("pattern", [("local",), ("local", "dense")])
-def test_engine_with_rolling_cache_equals_recomputation_past_the_window(pattern: tuple[str, ...]) -> None:
-    model = _model(pattern)
+def test_engine_with_rolling_cache_equals_recomputation_past_the_window(
+    tiny_gpt, pattern: tuple[str, ...]  # noqa: ANN001
+) -> None:
+    model = _model(tiny_gpt, pattern)
     outputs, engine = _engine_run(model)
     assert [len(p) + len(o) for p, o in zip(PROMPTS, outputs)] == [CONTEXT] * len(PROMPTS)  # to 4x the window
     assert len({t for o in outputs for t in o}) > 20  # varied tokens, not one repeated id
@@ -59,8 +53,8 @@ def test_engine_with_rolling_cache_equals_recomputation_past_the_window(pattern:
     assert {engine.cache.k[i].shape[2] for i in local} == {W}
 
 
-def test_decode_memory_at_4x_the_window_stays_at_the_windows() -> None:
-    model = _model()
+def test_decode_memory_at_4x_the_window_stays_at_the_windows(tiny_gpt) -> None:  # noqa: ANN001
+    model = _model(tiny_gpt)
     per_slot_token = 2 * model.config.n_layer * model.config.kv_dim * 4  # keys + values, fp32
     at_window = Engine(model, slots=2, max_len=W).cache.nbytes
     _, engine = _engine_run(model)  # max_len = 4 W, every sequence decoded to the end
@@ -72,8 +66,8 @@ def test_decode_memory_at_4x_the_window_stays_at_the_windows() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_decode_with_rolling_cache_equals_eager() -> None:
-    model = _model(("local", "dense"))
+def test_compiled_decode_with_rolling_cache_equals_eager(tiny_gpt) -> None:  # noqa: ANN001
+    model = _model(tiny_gpt, ("local", "dense"))
     torch._dynamo.reset()
     eager, _ = _engine_run(model)
     compiled, _ = _engine_run(model, compile=True)
