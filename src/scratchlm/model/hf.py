@@ -1,4 +1,5 @@
-"""Maps between Hugging Face GPT-2 / Llama / Mistral configs and state dicts and ours. Pure functions on dicts of tensors.
+"""Maps between Hugging Face GPT-2 / Llama / Mistral configs and state dicts and ours. Pure functions on dicts of
+tensors.
 
 Reading and writing the folders (safetensors, shards, tokenizer files) is `scratchlm.checkpoint`'s job; this
 module only knows names, shapes and the two layout differences:

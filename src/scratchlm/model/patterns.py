@@ -10,8 +10,8 @@ A query at position i may see the key at position j only if j <= i (causal), and
 | fixed    | j // S == i // S  or  j % S >= S - c         | S + c * i / S                   |
 
 `strided` and `fixed` are the two factorised patterns of the Sparse Transformer (Child et al. 2019, "Generating
-Long Sequences with Sparse Transformers", section 4.2), each as the union of its two halves in one layer (their
-"merged head" variant); their "alternating" variant is a per-layer list such as [local, dense] at S.
+Long Sequences with Sparse Transformers", section 4.2), each as the union of its two halves in one layer, for
+every head (the paper's "merged head" variant; its per-head and per-layer splits of the halves are not offered).
 With S near sqrt(n) a query sees O(sqrt(n)) keys, and every position still reaches every earlier one in two layers.
 
 Because the rule is on positions, one function serves every mask the model builds: training (positions 0..T-1),
@@ -30,9 +30,7 @@ import torch
 from scratchlm.model.config import ModelConfig
 
 
-def visible(
-    pattern: str, q_pos: torch.Tensor, k_pos: torch.Tensor, config: ModelConfig
-) -> torch.Tensor:
+def visible(pattern: str, q_pos: torch.Tensor, k_pos: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """True where a query at position `q_pos` may see a key at `k_pos` (broadcast against each other).
 
     Keys at negative positions (rolling-cache slots not written yet) are never visible."""
