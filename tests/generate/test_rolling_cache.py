@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scratchlm.generate import SampleConfig
-from scratchlm.generate.engine import Engine, make_sequences
+from scratchlm.generate.engine import Engine, cache_bytes, make_sequences, max_len_for_budget
 from scratchlm.model import GPT
 
 W = 16
@@ -63,6 +63,10 @@ def test_decode_memory_at_4x_the_window_stays_at_the_windows(tiny_gpt) -> None: 
     assert Engine(dense, slots=2, max_len=CONTEXT).cache.nbytes == 4 * at_window  # what it would be without rings
     # the decode step never allocates a longer cache: the engine's tensors are the rings it started with
     assert all(t.shape[2] == W for t in engine.cache.k + engine.cache.v)
+    # the server's budget (`serve --kv-budget-mb`) knows it: the window's bytes buy the whole context
+    assert cache_bytes(model, 2, CONTEXT) == at_window
+    assert max_len_for_budget(model, 2, at_window) == CONTEXT
+    assert max_len_for_budget(dense, 2, at_window) == W
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.sampling import RowSettings, logprobs_of, next_token
 from scratchlm.model.kv_cache import KVCache
+from scratchlm.model.sizing import kv_cache_bytes
 
 _GREEDY = SampleConfig(temperature=0.0)
 _ids = itertools.count()
@@ -397,9 +398,18 @@ def kv_bytes_per_token(model: nn.Module) -> int:
     return 2 * c.n_layer * c.n_kv_head * c.head_dim * next(model.parameters()).element_size()
 
 
+def cache_bytes(model: nn.Module, slots: int, max_len: int) -> int:
+    """Bytes of the engine's cache: `slots` rows of `max_len` tokens, local layers holding at most their window."""
+    return slots * kv_cache_bytes(model.config, max_len, next(model.parameters()).element_size())
+
+
 def max_len_for_budget(model: nn.Module, slots: int, budget_bytes: int) -> int:
     """The longest cache rows (at most the context) that `slots` of them fit in `budget_bytes`."""
-    return min(model.config.context_length, budget_bytes // (slots * kv_bytes_per_token(model)))
+    lo, hi = 0, model.config.context_length
+    while lo < hi:  # the cache never shrinks as rows grow: bisect for the longest that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cache_bytes(model, slots, mid) <= budget_bytes else (lo, mid - 1)
+    return lo
 
 
 def make_sequences(
