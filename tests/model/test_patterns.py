@@ -186,3 +186,14 @@ def test_pattern_from_yaml_style_strings() -> None:
     assert config.attn_pattern == ("local", "local", "local", "dense")
     assert _config("llama", "sdpa", n_layer=6, attn_pattern=("local", "dense"), attn_window=8).layer_patterns == (
         "local", "dense", "local", "dense", "local", "dense")  # fmt: skip
+
+
+def test_gguf_export_refuses_patterns_in_one_line() -> None:
+    from scratchlm.errors import ScratchlmError
+    from scratchlm.interop.gguf import gguf_architecture
+
+    with pytest.raises(ScratchlmError) as e:
+        gguf_architecture(_config("llama", "sdpa", **PATTERNS["local"]))
+    assert str(e.value) == ("GGUF export supports dense attention only, not attn_pattern local; export to Hugging "
+                            "Face instead (all-local models export as Mistral)")  # fmt: skip
+    assert gguf_architecture(_config("llama", "sdpa")) == "llama"
