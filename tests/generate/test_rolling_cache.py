@@ -29,7 +29,7 @@ def _greedy_by_recomputation(model: GPT, prompt: list[int], out: list[int]) -> l
     return logits.argmax(-1).tolist()
 
 
-def _engine_run(model: GPT, compile: bool = False) -> tuple[list[list[int]], Engine]:
+def _engine_run(model: GPT, compile: bool | str = False) -> tuple[list[list[int]], Engine]:
     # 2 slots for 5 sequences: later ones take freed slots mid-run (continuous batching)
     engine = Engine(model, slots=2, max_len=CONTEXT, compile=compile)
     config = SampleConfig(temperature=0.0, max_new_tokens=CONTEXT)  # each runs to the end of the context
@@ -67,6 +67,15 @@ def test_decode_memory_at_4x_the_window_stays_at_the_windows(tiny_gpt) -> None: 
     assert cache_bytes(model, 2, CONTEXT) == at_window
     assert max_len_for_budget(model, 2, at_window) == CONTEXT
     assert max_len_for_budget(dense, 2, at_window) == W
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])  # CUDA graphs: the rings are written inside the graph
+def test_compiled_rolling_decode_on_cuda_equals_eager(tiny_gpt, mode: bool | str) -> None:  # noqa: ANN001
+    model = _model(tiny_gpt, ("local", "dense")).to("cuda")
+    torch._dynamo.reset()
+    eager, _ = _engine_run(model)
+    assert _engine_run(model, compile=mode)[0] == eager
 
 
 @pytest.mark.slow
