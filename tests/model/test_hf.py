@@ -149,10 +149,10 @@ def test_mistral_without_window_imports_dense_and_round_trips(hf_dir, byte_token
     assert checkpoint.load_model_config(ours).attn_pattern == ("dense",)
     ids = _ids(seed=2)
     torch.testing.assert_close(_hf_logits(hf_dir("mistral-no-window"), ids),
-                               GPT_logits(ours, ids), rtol=0, atol=1e-4)  # fmt: skip
+                               _our_logits(ours, ids), rtol=0, atol=1e-4)  # fmt: skip
 
 
-def GPT_logits(folder, ids: torch.Tensor) -> torch.Tensor:  # noqa: N802
+def _our_logits(folder, ids: torch.Tensor) -> torch.Tensor:
     model, _ = checkpoint.load(folder)
     with torch.no_grad():
         return model(ids)
