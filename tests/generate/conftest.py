@@ -10,8 +10,11 @@ from torch import nn
 from scratchlm.model import GPT, ModelConfig
 
 
-def _tiny_gpt(family: str = "gpt2", vocab_size: int = 97, context_length: int = 64, seed: int = 0) -> GPT:
-    """2 layers, width 32, weights drawn wider than GPT-2's init so greedy outputs vary from token to token."""
+def _tiny_gpt(
+    family: str = "gpt2", vocab_size: int = 97, context_length: int = 64, seed: int = 0, **fields: object
+) -> GPT:
+    """2 layers, width 32, weights drawn wider than GPT-2's init so greedy outputs vary from token to token.
+    `fields`: other ModelConfig fields (e.g. an attention pattern)."""
     extra = {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False, "n_kv_head": 1}
     cfg = ModelConfig(
         vocab_size=vocab_size,
@@ -20,6 +23,7 @@ def _tiny_gpt(family: str = "gpt2", vocab_size: int = 97, context_length: int = 
         n_head=2,
         d_model=32,
         **(extra if family == "llama" else {}),
+        **fields,
     )
     torch.manual_seed(seed)
     model = GPT(cfg)
@@ -49,7 +53,7 @@ class NextIdModel(nn.Module):
 
 @pytest.fixture
 def tiny_gpt():  # noqa: ANN201
-    """`tiny_gpt(family="gpt2"|"llama", vocab_size=97, context_length=64, seed=0)` -> a random tiny GPT."""
+    """`tiny_gpt(family="gpt2"|"llama", vocab_size=97, context_length=64, seed=0, **fields)` -> a random tiny GPT."""
     return _tiny_gpt
 
 

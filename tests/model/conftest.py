@@ -19,6 +19,13 @@ def make_hf(kind: str):  # -> transformers.PreTrainedModel
             tie_word_embeddings=kind == "gpt2", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
         model = transformers.GPT2LMHeadModel(cfg)
+    elif kind.startswith("mistral"):  # sliding window 8 (or none), far below the 40-token test sequences
+        cfg = transformers.MistralConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+            sliding_window=None if kind == "mistral-no-window" else 8, tie_word_embeddings=False,
+        )
+        model = transformers.MistralForCausalLM(cfg)
     else:
         rope = {"rope_type": "default", "rope_theta": 10000.0}
         if kind == "llama3-scaled":

@@ -122,7 +122,7 @@ def test_cli_unsupported_hf_architecture(capsys, tmp_path) -> None:
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
     code, err = _cli(capsys, "convert", "from-hf", str(tmp_path / "bert"), str(tmp_path / "out"))
     assert (code, err) == (2, "error: Hugging Face architecture BertForMaskedLM is not supported; scratchlm "
-                              "converts GPT2LMHeadModel and LlamaForCausalLM folders\n")
+                              "converts GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM folders\n")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 

@@ -119,3 +119,77 @@ def test_sharded_hf_folder(make_hf_model, byte_tokenizer, tmp_path) -> None:
     ids = _ids(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-4)
+
+
+def test_mistral_sliding_window_logits_equal_transformers(hf_dir, byte_tokenizer, tmp_path) -> None:
+    """Mistral's sliding_window 8 over 40 tokens is our attn_pattern [local], attn_window 8 (and it matters)."""
+    ours_dir = hf_io.import_hf(hf_dir("mistral"), tmp_path / "ours", tokenizer=byte_tokenizer)
+    model, _ = checkpoint.load(ours_dir)
+    assert (model.config.attn_pattern, model.config.attn_window) == (("local",), 8)
+    ids = _ids()
+    ref = _hf_logits(hf_dir("mistral"), ids)  # eager attention: transformers applies the window in its mask
+    for impl in ("manual", "sdpa"):
+        m = GPT(model.config.replace(attn_impl=impl)).eval()
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            got = m(ids)
+        assert (got - ref).abs().max().item() <= 1e-4, impl
+    # the window is applied on both sides: the same weights without it give other logits past position 8
+    unwindowed = transformers.MistralForCausalLM.from_pretrained(
+        hf_dir("mistral"), sliding_window=None, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        dense = unwindowed(ids).logits
+    assert (dense[:, :8] - ref[:, :8]).abs().max() < 1e-5
+    assert (dense[:, 8:] - ref[:, 8:]).abs().max() > 1e-3
+
+
+def test_mistral_without_window_imports_dense_and_round_trips(hf_dir, byte_tokenizer, tmp_path) -> None:
+    ours = hf_io.import_hf(hf_dir("mistral-no-window"), tmp_path / "ours", tokenizer=byte_tokenizer)
+    assert checkpoint.load_model_config(ours).attn_pattern == ("dense",)
+    ids = _ids(seed=2)
+    torch.testing.assert_close(_hf_logits(hf_dir("mistral-no-window"), ids),
+                               _our_logits(ours, ids), rtol=0, atol=1e-4)  # fmt: skip
+
+
+def _our_logits(folder, ids: torch.Tensor) -> torch.Tensor:
+    model, _ = checkpoint.load(folder)
+    with torch.no_grad():
+        return model(ids)
+
+
+def test_mistral_to_ours_to_mistral_same_logits_in_transformers(hf_dir, byte_tokenizer, tmp_path) -> None:
+    ours = hf_io.import_hf(hf_dir("mistral"), tmp_path / "ours", tokenizer=byte_tokenizer)
+    back, _ = hf_io.export_hf(ours, tmp_path / "back")
+    config = json.loads((back / "config.json").read_text())
+    assert (config["architectures"], config["model_type"], config["sliding_window"]) == (
+        ["MistralForCausalLM"], "mistral", 8)  # fmt: skip
+    ids = _ids(seed=1)
+    torch.testing.assert_close(_hf_logits(back, ids), _hf_logits(hf_dir("mistral"), ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (dict(attn_pattern=("local", "dense"), attn_window=8),
+         "no Hugging Face architecture matches attn_pattern local,dense; only all-dense models and all-local ones "
+         "(Mistral's sliding window) export; keep it as a scratchlm checkpoint"),
+        (dict(attn_pattern=("strided",), attn_stride=4),
+         "no Hugging Face architecture matches attn_pattern strided; only all-dense models and all-local ones "
+         "(Mistral's sliding window) export; keep it as a scratchlm checkpoint"),
+        (dict(attn_pattern=("local",), attn_window=8, norm="layernorm", mlp="gelu", positions="learned", bias=True),
+         "sliding-window attention exports as Mistral, which needs norm=rmsnorm, mlp=swiglu, positions=rope and "
+         "bias=false; keep this model as a scratchlm checkpoint"),
+    ],
+)  # fmt: skip
+def test_patterns_without_an_exact_hf_equivalent_are_refused_in_one_line(pattern, message, byte_tokenizer,
+                                                                          tmp_path, capsys) -> None:  # fmt: skip
+    from scratchlm import tokenizer
+    from scratchlm.cli.main import main
+    from scratchlm.model import ModelConfig
+
+    config = ModelConfig.from_preset("llama-tiny", context_length=64, vocab_size=320, **pattern)
+    ckpt = checkpoint.save(tmp_path / "c", GPT(config), tokenizer.load(byte_tokenizer))
+    assert main(["convert", "to-hf", str(ckpt), str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "hf").exists()

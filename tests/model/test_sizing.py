@@ -98,3 +98,55 @@ def test_activation_bytes_equal_saved_tensors(name, impl) -> None:
     B, T = 2, 32
     expected = sizing.size(config, batch=B, context=T).activations_bytes
     assert _saved_activation_bytes(GPT(config), B, T) == expected
+
+
+def test_flops_of_local_and_sparse_patterns() -> None:
+    """Attention counts the keys a pattern shows a query (a block-sparse kernel's work); the masked dense kernels
+    here do the dense work, which FlopCounterMode confirms."""
+    T, W, S = 64, 16, 8
+    dense = _config("llama-tiny", attn_impl="manual")  # 2 layers
+    H, D = dense.n_head, dense.head_dim
+    local = dense.replace(attn_pattern=("local", "dense"), attn_window=W)
+    per_key = 2 * 2 * H * D  # QK^T and PV, per query and key
+    assert sizing.forward_flops_per_token(local, T) == sizing.forward_flops_per_token(dense, T) - per_key * (T - W)
+    full_window = dense.replace(attn_pattern=("local",), attn_window=T)
+    assert sizing.forward_flops_per_token(full_window, T) == sizing.forward_flops_per_token(dense, T)
+    # strided at n = S^2: S local keys + n / S = S strided ones, O(sqrt(n)) per query (Child et al.)
+    strided = dense.replace(attn_pattern=("strided",), attn_stride=S)
+    assert sizing.forward_flops_per_token(strided, T) - 2 * sizing.param_counts(dense).matmul == 2 * per_key * 2 * S
+    fixed = dense.replace(attn_pattern=("fixed",), attn_stride=S, attn_summary=2)
+    assert sizing.forward_flops_per_token(fixed, T) - 2 * sizing.param_counts(dense).matmul == 2 * per_key * (S + 2 * S)
+    ids = torch.randint(0, 300, (2, T))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        GPT(local)(ids)
+    assert counter.get_total_flops() == 2 * T * sizing.forward_flops_per_token(dense, T)
+
+
+def test_kv_cache_bytes_equal_the_rolling_cache() -> None:
+    from scratchlm.model import KVCache
+
+    config = _config("llama-tiny", attn_pattern=("local", "local", "local", "dense"), attn_window=16, n_layer=4)
+    model = GPT(config)
+    for tokens in (8, 16, 64):
+        cache = KVCache.for_model(model, 1, tokens, rolling=True)
+        assert sizing.kv_cache_bytes(config, tokens, 4) == cache.nbytes
+    s = sizing.size(config)
+    assert s.kv_cache_bytes_per_sequence == s.kv_cache_bytes_per_token * (3 * 16 + 64) // 4
+
+
+def test_model_info_shows_the_pattern(capsys) -> None:
+    from scratchlm.cli.main import main
+
+    args = ["model", "info", "--preset", "llama-tiny", "--set", "attn_pattern=local,local,local,dense",
+            "attn_window=64", "n_layer=4", "context_length=256"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.split("  ", 1) for line in out.splitlines() if "  " in line)
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    assert rows["attention"] == "local x3 + dense per 4 layers (window 64)"
+    assert "per 256-token sequence; local layers keep 64 tokens)" in out
+    assert main([*args[:-1], "context_length=32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: model attn_window=64 is larger than context_length=32; set attn_window to at most the context "
+        "(a window covering the context is dense attention)"
+    )

@@ -1,5 +1,5 @@
-"""`scratchlm convert from-hf` / `to-hf`: Hugging Face GPT-2/Llama folders <-> checkpoints; `convert to-gguf`:
-a checkpoint -> one GGUF file for llama.cpp, Ollama and LM Studio.
+"""`scratchlm convert from-hf` / `to-hf`: Hugging Face GPT-2/Llama/Mistral folders <-> checkpoints;
+`convert to-gguf`: a checkpoint -> one GGUF file for llama.cpp, Ollama and LM Studio.
 
 OUT follows the output rule (`scratchlm.fs.check_out_dir`, docs/contracts.md): a new or empty folder, or
 one this same command wrote before (from-hf: a checkpoint whose config.json has `hf_source`; to-hf: an HF

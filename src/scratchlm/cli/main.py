@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer decode": ("scratchlm.cli.tokenizer:decode", "print the text of a JSON list of token ids"),
     "tokenizer info": ("scratchlm.cli.tokenizer:info", "vocab size, special tokens, bytes per token on a file"),
     "model info": ("scratchlm.cli.model:info", "parameters, FLOPs and memory of a model config"),
-    "convert from-hf": ("scratchlm.cli.convert:from_hf", "Hugging Face GPT-2/Llama folder -> scratchlm checkpoint"),
+    "convert from-hf": ("scratchlm.cli.convert:from_hf", "Hugging Face GPT-2/Llama/Mistral folder -> scratchlm checkpoint"),
     "convert to-hf": ("scratchlm.cli.convert:to_hf", "scratchlm checkpoint -> Hugging Face folder"),
     "convert to-gguf": ("scratchlm.cli.convert:to_gguf", "scratchlm checkpoint -> GGUF file (llama.cpp, Ollama)"),
     "data prepare": ("scratchlm.cli.data:prepare", "clean, de-duplicate and tokenize text into shards"),

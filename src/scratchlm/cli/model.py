@@ -97,6 +97,7 @@ def format_info(s, source: str) -> str:  # s: scratchlm.model.sizing.Sizing
         ("model", f"{source}: {c.n_layer} layers, d_model {c.d_model}, {c.n_head} heads{gqa}, d_ff {c.d_ff}, "
                   f"vocab {c.vocab_size}, {c.norm}/{c.mlp}/{c.positions}, "
                   f"{'tied' if c.tie_embeddings else 'untied'} head"),
+        *([("attention", _pattern_text(c))] if set(c.attn_pattern) != {"dense"} else []),
         ("parameters", f"{s.params.total:,} ({_si(s.params.total)})"),
         ("  without embeddings", f"{s.params.non_embedding:,} ({_si(s.params.non_embedding)})"),
         ("training FLOPs/token", f"{_si(s.train_flops_per_token)}FLOP at context {s.context} "
@@ -111,12 +112,34 @@ def format_info(s, source: str) -> str:  # s: scratchlm.model.sizing.Sizing
                                  f"({_bytes(s.train_bytes - s.activations_bytes + s.activations_checkpointed_bytes)}"
                                  " with activation checkpointing)"),
         ("KV cache", f"{_bytes(s.kv_cache_bytes_per_token)}/token "
-                     f"({_bytes(s.kv_cache_bytes_per_token * c.context_length)} per {c.context_length}-token sequence)"),
+                     f"({_bytes(s.kv_cache_bytes_per_sequence)} per {c.context_length}-token sequence"
+                     f"{_window_note(c)})"),
         ("Chinchilla-optimal", f"{_si(s.chinchilla_tokens)} tokens (20/parameter), "
                                f"{s.chinchilla_flops:.2e} training FLOPs"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in rows)
+
+
+def _pattern_text(c) -> str:  # c: ModelConfig
+    """e.g. "local x3 + dense per 4 layers (window 256)"."""
+    runs: list[list] = []
+    for kind in c.attn_pattern:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+    text = " + ".join(kind if n == 1 else f"{kind} x{n}" for kind, n in runs)
+    text += f" per {len(c.attn_pattern)} layers" if len(c.attn_pattern) > 1 else " in every layer"
+    settings = [f"window {c.attn_window}" if c.attn_window else "", f"stride {c.attn_stride}" if c.attn_stride else "",
+                f"summary {c.attn_summary}" if "fixed" in c.attn_pattern else ""]  # fmt: skip
+    return text + (f" ({', '.join(s for s in settings if s)})" if any(settings) else "")
+
+
+def _window_note(c) -> str:  # c: ModelConfig
+    if "local" not in c.attn_pattern:
+        return ""
+    return f"; local layers keep {c.attn_window} tokens"
 
 
 def _si(n: float) -> str:

@@ -102,10 +102,9 @@ def _url(host: str, port: int) -> str:
 
 def cache_len(cfg: ServeConfig, model: Any) -> tuple[int, str]:
     """The cache row length to serve with, and the line that says why (printed at start)."""
-    from scratchlm.generate.engine import kv_bytes_per_token, max_len_for_budget
+    from scratchlm.generate.engine import cache_bytes, max_len_for_budget
 
     context = model.config.context_length
-    per_token = kv_bytes_per_token(model)
     if cfg.max_len is not None:
         if cfg.max_len > context:
             raise ScratchlmError(
@@ -120,7 +119,7 @@ def cache_len(cfg: ServeConfig, model: Any) -> tuple[int, str]:
                 "raise --kv-budget-mb, lower --slots, or set --max-len"
             )
         why = "the whole context" if n == context else f"what fits --kv-budget-mb {cfg.kv_budget_mb:g}"
-    mib = cfg.slots * n * per_token / 2**20
+    mib = cache_bytes(model, cfg.slots, n) / 2**20  # local layers hold at most their window
     line = (
         f"KV cache: {cfg.slots} slots x {n} tokens = {mib:.4g} MiB ({why}; the model's context is {context})"
     )

@@ -81,6 +81,14 @@ class ModelOverrides:
     """Share the token embedding with the output head."""
     attn_impl: str | None = None
     """manual or sdpa."""
+    attn_pattern: tuple[str, ...] | None = None
+    """Attention pattern per layer, repeated over the layers: dense, local, strided, fixed (e.g. local,local,dense)."""
+    attn_window: int | None = None
+    """Window W of local layers (a query sees itself and the W - 1 positions before it)."""
+    attn_stride: int | None = None
+    """Stride S of strided and fixed layers."""
+    attn_summary: int | None = None
+    """Summary positions c at the end of each block of S (fixed layers)."""
 
 
 @dataclass

@@ -17,6 +17,10 @@ Decisions:
   overwritten by that row's own tokens before anything attends to it. No left padding, no position offsets.
 - A new sequence is prefilled in a small cache of its own (batched with the others admitted in the same step)
   and its keys/values are copied into its slot, so prefill costs (n_new, L) tokens, not (all slots, L).
+- Local (sliding-window) layers decode from a rolling cache of attn_window slots per row (`model/kv_cache.py`),
+  so a long generation holds the window, not the context; a prompt is prefilled into a plain cache of its own
+  length and only its last window of keys is copied in. Compiled decoding works the same way (the rings have a
+  fixed shape).
 - Decoding runs on rows 0..hi-1 only (hi = 1 + the highest busy slot; new sequences take the lowest free slot),
   so a lightly loaded engine does not pay for its empty slots.
 - One CPU `torch.Generator` per sequence, seeded from `SampleConfig.seed` (+ i for the i-th of n samples): the
@@ -48,6 +52,7 @@ from scratchlm.errors import ScratchlmError
 from scratchlm.generate.config import SampleConfig
 from scratchlm.generate.sampling import RowSettings, logprobs_of, next_token
 from scratchlm.model.kv_cache import KVCache
+from scratchlm.model.sizing import kv_cache_bytes
 
 _GREEDY = SampleConfig(temperature=0.0)
 _ids = itertools.count()
@@ -120,7 +125,8 @@ class Engine:
         # Ids the caller can use: a model may have more embedding rows than its tokenizer has tokens (GPT-2's
         # 50,257 padded to 50,304, a char model trained on a prefix); the extra rows are never sampled.
         self.vocab_size = min(model.config.vocab_size, vocab_limit or model.config.vocab_size)
-        self.cache = KVCache.for_model(model, slots, self.max_len)
+        # local (sliding-window) layers keep a ring of attn_window slots: decode memory bounded by the window
+        self.cache = KVCache.for_model(model, slots, self.max_len, rolling=True)
         self.rows: list[GenSequence | None] = [None] * slots
         self.waiting: deque[GenSequence] = deque()
         self._settings_key: tuple[int, ...] = ()
@@ -280,16 +286,18 @@ class Engine:
             ids[i, : lengths[i]] = torch.tensor(s.prompt, device=self.device)
         positions = torch.arange(L, device=self.device).expand(n, L)
         slots = [s.slot for s in seqs]
-        if slots == list(range(slots[0], slots[0] + n)):
+        if slots == list(range(slots[0], slots[0] + n)) and not self.cache.rolling:
             # contiguous slots (always so for a static batch): write straight into the big cache
             hidden = self.model.hidden_states(
                 ids, cache=self.cache.rows(slots[0], slots[0] + n), positions=positions
             )
         else:
-            # scattered free slots: prefill into a small cache of their own, then copy it into place
+            # scattered free slots, or rings (whose right padding would evict the prompt's own keys): prefill
+            # into a small plain cache of their own, then copy it into place
             small = KVCache.for_model(self.model, n, L, dtype=self.cache.dtype)
             hidden = self.model.hidden_states(ids, cache=small, positions=positions)
-            self.cache.copy_rows_from(small, torch.tensor(slots, device=self.device))
+            index, length = torch.tensor(slots, device=self.device), torch.tensor(lengths, device=self.device)
+            self.cache.copy_rows_from(small, index, length)
         if self._seen is not None:
             self._reset_penalty_rows(seqs)
         for i, s in enumerate(seqs):
@@ -390,9 +398,18 @@ def kv_bytes_per_token(model: nn.Module) -> int:
     return 2 * c.n_layer * c.n_kv_head * c.head_dim * next(model.parameters()).element_size()
 
 
+def cache_bytes(model: nn.Module, slots: int, max_len: int) -> int:
+    """Bytes of the engine's cache: `slots` rows of `max_len` tokens, local layers holding at most their window."""
+    return slots * kv_cache_bytes(model.config, max_len, next(model.parameters()).element_size())
+
+
 def max_len_for_budget(model: nn.Module, slots: int, budget_bytes: int) -> int:
     """The longest cache rows (at most the context) that `slots` of them fit in `budget_bytes`."""
-    return min(model.config.context_length, budget_bytes // (slots * kv_bytes_per_token(model)))
+    lo, hi = 0, model.config.context_length
+    while lo < hi:  # the cache never shrinks as rows grow: bisect for the longest that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cache_bytes(model, slots, mid) <= budget_bytes else (lo, mid - 1)
+    return lo
 
 
 def make_sequences(

@@ -82,6 +82,11 @@ def is_gguf_file(path: Path) -> bool:
 # ---- architecture ---------------------------------------------------------------------------------------------
 def gguf_architecture(config: ModelConfig) -> str:
     """llama.cpp's architecture name for `config` ("gpt2" or "llama"), or a one-line error."""
+    if set(config.layer_patterns) != {"dense"}:  # the llama/gpt2 readers would attend densely: wrong tokens
+        raise ScratchlmError(
+            f"GGUF export supports dense attention only, not attn_pattern {','.join(config.attn_pattern)}; "
+            "export to Hugging Face instead (all-local models export as Mistral)"
+        )
     variant = (config.norm, config.mlp, config.positions)
     if variant == ("layernorm", "gelu", "learned"):
         return "gpt2"

@@ -1,8 +1,8 @@
 """Hugging Face folders <-> scratchlm checkpoint folders, with `safetensors` alone (no `transformers` needed).
 
-`import_hf` reads a `GPT2LMHeadModel` / `LlamaForCausalLM` folder and writes a checkpoint through
-`scratchlm.checkpoint`; `export_hf` reads a checkpoint through the same door (so LoRA-adapter checkpoints export
-merged) and writes a folder that `AutoModelForCausalLM` / `AutoTokenizer` load. The state-dict maps themselves
+`import_hf` reads a `GPT2LMHeadModel` / `LlamaForCausalLM` / `MistralForCausalLM` folder and writes a checkpoint
+through `scratchlm.checkpoint`; `export_hf` reads a checkpoint through the same door (so LoRA-adapter checkpoints
+export merged) and writes a folder that `AutoModelForCausalLM` / `AutoTokenizer` load. The state-dict maps themselves
 live in `scratchlm.model.hf`; this module only moves files.
 """
 
@@ -81,7 +81,8 @@ def import_hf(
     tokenizer: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """HF GPT2LMHeadModel / LlamaForCausalLM folder -> scratchlm checkpoint folder (needs no `transformers`)."""
+    """HF GPT2LMHeadModel / LlamaForCausalLM / MistralForCausalLM folder -> scratchlm checkpoint folder (needs no
+    `transformers`)."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ScratchlmError(f"Hugging Face folder {hf_dir} does not exist; pass a folder with config.json")

@@ -10,6 +10,9 @@ GPT-2 and Llama are not two classes but two sets of field values (see `presets/m
 | bias         | true        | false            |
 | n_kv_head    | = n_head    | < n_head (GQA)   |
 
+Mistral is Llama's values plus `attn_pattern: [local]` and `attn_window` (sliding-window attention); the
+patterns themselves are `patterns.py`.
+
 Derived values (`head_dim`, ...) are properties, so they can never disagree with the fields. Two fields have
 defaults derived from others (`n_kv_head` = n_head, `d_ff` = 4 * d_model); `replace` keeps them following their
 source unless they were set to something else.
@@ -30,6 +33,7 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 POSITIONS = ("learned", "rope")
 ATTN_IMPLS = ("manual", "sdpa")
+ATTN_PATTERNS = ("dense", "local", "strided", "fixed")  # see patterns.py
 
 
 @dataclass
@@ -76,6 +80,16 @@ class ModelConfig:
     """Share the token embedding matrix with the output head."""
     attn_impl: str = "sdpa"
     """manual (written out: QK^T, mask, softmax, V) or sdpa (torch's fused scaled_dot_product_attention)."""
+    attn_pattern: tuple[str, ...] = ("dense",)
+    """Attention pattern per layer, repeated over the layers (its length divides n_layer): dense, local (the last
+    attn_window positions), strided or fixed (Sparse Transformer, stride attn_stride); e.g. local local local dense."""
+    attn_window: int | None = None
+    """W for local layers: a query sees itself and the W - 1 positions before it (Mistral's sliding_window)."""
+    attn_stride: int | None = None
+    """S for strided/fixed layers: strided sees the last S positions and every S-th before; fixed sees its block
+    of S and the last attn_summary positions of every earlier block."""
+    attn_summary: int = 1
+    """c for fixed layers: how many positions at the end of each block of attn_stride every later query sees."""
 
     def __post_init__(self) -> None:
         for name, derive in _DERIVED.items():
@@ -111,6 +125,7 @@ class ModelConfig:
             raise ConfigError(
                 f"rotary positions need an even head dim, got d_model/n_head = {self.head_dim}; change n_head"
             )
+        self._check_attn_pattern()
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
         if self.rope_scaling_factor is not None:
@@ -124,6 +139,56 @@ class ModelConfig:
                     f"model rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
                     f"rope_low_freq_factor={self.rope_low_freq_factor}"
                 )
+
+    def _check_attn_pattern(self) -> None:
+        pattern = self.attn_pattern
+        if isinstance(pattern, str):  # "local,local,local,dense" from a YAML file or a flag
+            pattern = (pattern,)
+        if isinstance(pattern, (list, tuple)) and all(isinstance(p, str) for p in pattern):
+            pattern = self.attn_pattern = tuple(q.strip() for p in pattern for q in p.split(",") if q.strip())
+        if not isinstance(pattern, tuple) or not pattern:
+            raise ConfigError(f"model attn_pattern must be a list of {', '.join(ATTN_PATTERNS)}, got {pattern!r}")
+        for kind in pattern:
+            if kind not in ATTN_PATTERNS:
+                raise ConfigError(
+                    f"model attn_pattern entry {kind!r} is not supported; use one of {', '.join(ATTN_PATTERNS)}"
+                )
+        if self.n_layer % len(pattern):
+            raise ConfigError(
+                f"model attn_pattern has {len(pattern)} entries, which does not divide n_layer={self.n_layer}; "
+                f"give one entry per layer or a cycle that repeats a whole number of times"
+            )
+        for name, kinds, what in (
+            ("attn_window", ("local",), "local"),
+            ("attn_stride", ("strided", "fixed"), "strided or fixed"),
+        ):
+            value = getattr(self, name)
+            used = any(k in kinds for k in pattern)
+            if value is None:
+                if used:
+                    raise ConfigError(f"model attn_pattern has {what} layers but {name} is not set; set {name}")
+                continue
+            if not used:
+                raise ConfigError(
+                    f"model {name}={value} is set but attn_pattern has no {what} layer; "
+                    f"drop {name} or add {what} layers to attn_pattern"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+            if value > self.context_length:
+                raise ConfigError(
+                    f"model {name}={value} is larger than context_length={self.context_length}; "
+                    f"set {name} to at most the context (a window covering the context is dense attention)"
+                )
+        if self.attn_stride is not None and self.attn_stride < 2:
+            raise ConfigError("model attn_stride must be at least 2 (a stride of 1 is dense attention)")
+        if isinstance(self.attn_summary, bool) or not isinstance(self.attn_summary, int) or self.attn_summary < 1:
+            raise ConfigError(f"model attn_summary must be a positive integer, got {self.attn_summary!r}")
+        if "fixed" in pattern and self.attn_summary >= self.attn_stride:  # type: ignore[operator]
+            raise ConfigError(
+                f"model attn_summary={self.attn_summary} must be smaller than attn_stride={self.attn_stride} "
+                "(summarising a whole block is dense attention)"
+            )
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -142,6 +207,11 @@ class ModelConfig:
         """Query heads sharing one key/value head (1 for plain multi-head attention)."""
         assert self.n_kv_head is not None
         return self.n_head // self.n_kv_head
+
+    @property
+    def layer_patterns(self) -> tuple[str, ...]:
+        """The attention pattern of each layer: `attn_pattern` repeated over n_layer."""
+        return self.attn_pattern * (self.n_layer // len(self.attn_pattern))
 
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod

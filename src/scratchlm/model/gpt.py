@@ -15,15 +15,20 @@ Decisions:
   (the reductions, masks and losses built on it belong to the training modes and evaluations).
 - A `KVCache` is an argument, not a second model: `forward(ids, cache, positions)` serves training, prefill,
   incremental and batched decoding (see `kv_cache.py` for the position rule).
+- Sparse and local layers (`attn_pattern`) differ only in their mask, built once per forward from positions
+  (`patterns.py`); a dense model keeps training's mask-free causal fast path.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from scratchlm.model import patterns
 from scratchlm.model.attention import CausalSelfAttention, Rope
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
@@ -73,6 +78,8 @@ class GPT(nn.Module):
         self.norm = make_norm(config)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.embed = self._embed_learned if config.positions == "learned" else self._embed_rope
+        # local / strided / fixed layers get masks of their own (patterns.py); dense models keep one mask for all
+        self.all_dense = set(config.layer_patterns) == {"dense"}
         self.tie_weights()
         self.init_weights()
 
@@ -177,9 +184,37 @@ class GPT(nn.Module):
         else:
             mask = _slot_mask(positions, attend_len) if cache is not None else _document_mask(positions)
         x, rope = self.embed(ids, positions)
-        for block in self.blocks:
-            x = block(x, rope, mask, cache, positions)
+        for block, layer_mask in zip(self.blocks, self._layer_masks(mask, positions, cache)):
+            x = block(x, rope, layer_mask, cache, positions)
         return self.norm(x)
+
+    def _layer_masks(
+        self, dense: torch.Tensor | None, positions: torch.Tensor, cache: KVCache | None
+    ) -> Iterable[torch.Tensor | None]:
+        """Each layer's mask: `dense` (the causal / document / cache-slot mask above) for dense layers, and one
+        mask per other pattern (and ring) that narrows it (`patterns.py`), built once per forward."""
+        if self.all_dense:
+            return itertools.repeat(dense)
+        made: dict[tuple[str, int | None], torch.Tensor | None] = {}
+        masks = []
+        for i, kind in enumerate(self.config.layer_patterns):
+            ring = cache.ring[i] if cache is not None else None
+            if (kind, ring) not in made:  # dense layers never have a ring
+                made[kind, ring] = dense if kind == "dense" else self._pattern_mask(kind, i, dense, positions, cache)
+            masks.append(made[kind, ring])
+        return masks
+
+    def _pattern_mask(
+        self, kind: str, layer: int, dense: torch.Tensor | None, positions: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor | None:
+        if cache is not None:  # over the keys the cache returns to this layer, which it maps to positions
+            assert dense is not None
+            keys = cache.key_positions(layer, positions, dense.shape[-1])  # (B, S)
+            return patterns.visible(kind, positions[:, :, None], keys[:, None, :], self.config)[:, None]
+        if dense is None:  # training: 0..T-1 in every row
+            return patterns.causal_mask(kind, positions.shape[1], self.config, positions.device)
+        # packed documents: positions restart per document, so the pattern is per document too
+        return dense & patterns.visible(kind, positions[:, :, None], positions[:, None, :], self.config)[:, None]
 
     def _embed_learned(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Rope]:
         assert self.pos_emb is not None

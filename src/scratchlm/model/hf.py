@@ -1,4 +1,5 @@
-"""Maps between Hugging Face GPT-2 / Llama configs and state dicts and ours. Pure functions on dicts of tensors.
+"""Maps between Hugging Face GPT-2 / Llama / Mistral configs and state dicts and ours. Pure functions on dicts of
+tensors.
 
 Reading and writing the folders (safetensors, shards, tokenizer files) is `scratchlm.checkpoint`'s job; this
 module only knows names, shapes and the two layout differences:
@@ -8,6 +9,9 @@ module only knows names, shapes and the two layout differences:
 - HF Llama checkpoints already use the "rotate_half" RoPE layout that `scratchlm.model.layers.apply_rope`
   implements (their q/k rows were permuted from Meta's interleaved layout during conversion), so Llama weights
   map one to one.
+- Mistral is Llama's layout and names with sliding-window attention in every layer: `sliding_window` W maps to
+  `attn_pattern: [local]`, `attn_window: W` (the same rule: a query sees itself and the W - 1 positions before
+  it). Other patterns (strided, fixed, mixed per-layer lists) have no exact HF equivalent and are refused.
 
     GPT-2 (HF)                          ours                       Llama (HF)
     wte                                 tok_emb                    model.embed_tokens
@@ -31,7 +35,7 @@ import torch
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.config import ModelConfig
 
-SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")
+SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM")
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
@@ -42,11 +46,12 @@ def architecture(hf_config: Mapping[str, Any]) -> str:
     for arch in archs:
         if arch in SUPPORTED:
             return arch
-    if not archs and model_type in ("gpt2", "llama"):
-        return {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[model_type]
+    by_type = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+    if not archs and model_type in by_type:
+        return by_type[model_type]
     name = ", ".join(archs) or f"model_type {model_type!r}"
     raise ScratchlmError(
-        f"Hugging Face architecture {name} is not supported; scratchlm converts {' and '.join(SUPPORTED)} folders"
+        f"Hugging Face architecture {name} is not supported; scratchlm converts {', '.join(SUPPORTED)} folders"
     )
 
 
@@ -79,7 +84,12 @@ def config_from_hf(hf: Mapping[str, Any], attn_impl: str = "sdpa") -> ModelConfi
             tie_embeddings=hf.get("tie_word_embeddings", True),
             attn_impl=attn_impl,
         )
-    # Llama
+    # Llama, and Mistral: Llama's layers and names without biases, plus sliding-window attention in every layer
+    if arch == "MistralForCausalLM":
+        if hf.get("layer_types") and set(hf["layer_types"]) != {"sliding_attention"}:
+            _unsupported("Mistral with per-layer layer_types (alternating attention)")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            _unsupported("Mistral with biases")
     if hf.get("hidden_act", "silu") != "silu":
         _unsupported(f"Llama hidden_act {hf.get('hidden_act')!r} (scratchlm's SwiGLU uses silu)")
     attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
@@ -103,9 +113,13 @@ def config_from_hf(hf: Mapping[str, Any], attn_impl: str = "sdpa") -> ModelConfi
         )
     elif rope_type != "default":
         _unsupported(f"Llama RoPE scaling type {rope_type!r} (scratchlm supports none and llama3)")
+    context = hf.get("max_position_embeddings", 2048)
+    window = hf.get("sliding_window") if arch == "MistralForCausalLM" else None
+    if window is not None and window < context:  # a window covering the context is dense attention
+        scaling.update(attn_pattern=("local",), attn_window=int(window))
     return ModelConfig(
         vocab_size=hf["vocab_size"],
-        context_length=hf.get("max_position_embeddings", 2048),
+        context_length=context,
         n_layer=hf["num_hidden_layers"],
         n_head=n_head,
         n_kv_head=hf.get("num_key_value_heads") or n_head,
@@ -126,6 +140,19 @@ def config_from_hf(hf: Mapping[str, Any], attn_impl: str = "sdpa") -> ModelConfi
 
 def hf_architecture_for(config: ModelConfig) -> str:
     """Which HF class can hold this config, or a one-line error."""
+    kinds = set(config.layer_patterns)
+    if kinds != {"dense"} and kinds != {"local"}:
+        raise ScratchlmError(
+            f"no Hugging Face architecture matches attn_pattern {','.join(config.attn_pattern)}; only all-dense "
+            "models and all-local ones (Mistral's sliding window) export; keep it as a scratchlm checkpoint"
+        )
+    if kinds == {"local"}:
+        if (config.norm, config.mlp, config.positions, config.bias) != ("rmsnorm", "swiglu", "rope", False):
+            raise ScratchlmError(
+                "sliding-window attention exports as Mistral, which needs norm=rmsnorm, mlp=swiglu, positions=rope "
+                "and bias=false; keep this model as a scratchlm checkpoint"
+            )
+        return "MistralForCausalLM"
     if (config.norm, config.mlp, config.positions) == ("layernorm", "gelu", "learned") and config.n_rep == 1:
         return "GPT2LMHeadModel"
     if (config.norm, config.mlp, config.positions) == ("rmsnorm", "swiglu", "rope"):
@@ -168,6 +195,9 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
             "high_freq_factor": config.rope_high_freq_factor,
             "original_max_position_embeddings": config.rope_original_context_length,
         }
+    extra: dict[str, Any] = {}
+    if arch == "MistralForCausalLM":  # same fields as Llama's, plus the window (and no bias options)
+        extra = {"model_type": "mistral", "sliding_window": config.attn_window}
     return {
         "architectures": [arch],
         "model_type": "llama",
@@ -189,6 +219,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "initializer_range": 0.02,
         "tie_word_embeddings": config.tie_embeddings,
         "torch_dtype": "float32",
+        **extra,
     }
 
 
@@ -276,7 +307,7 @@ def state_dict_to_hf(config: ModelConfig, sd: Mapping[str, torch.Tensor]) -> dic
     """Our state dict -> HF tensors (contiguous; the tied head left out, as `save_pretrained` does)."""
     arch = hf_architecture_for(config)
     out: dict[str, torch.Tensor] = {}
-    if arch == "LlamaForCausalLM":
+    if arch in ("LlamaForCausalLM", "MistralForCausalLM"):
         inv_top = {v: k for k, v in _LLAMA_TOP.items()}
         inv_layer = {v: k for k, v in _LLAMA_LAYER.items()}
         for name, t in sd.items():

@@ -8,6 +8,7 @@ tensors autograd saves.
 Conventions:
 - FLOPs count multiply-adds as 2 and only matmuls (the rest is a few percent). Attention counts the full T x T
   score matrix at context T, the usual convention (PaLM, nanoGPT's MFU); causal kernels can skip half of it.
+  Local and sparse layers count the keys their pattern shows a query, in the same convention (`patterns.py`).
   Training = forward + backward = 3 x forward (the backward computes gradients for inputs and weights).
 - Precision `fp32`: everything in 4 bytes. `bf16` / `fp16` mean mixed precision as the training loop runs it:
   fp32 weights, gradients and AdamW moments, 16-bit activations; the KV cache is 16-bit.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from scratchlm.errors import ConfigError
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.patterns import keys_per_query
 
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation / KV-cache element
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -62,9 +64,22 @@ def param_counts(config: ModelConfig) -> ParamCounts:
 
 
 def forward_flops_per_token(config: ModelConfig, context: int) -> int:
-    """Matmul FLOPs of one token's forward pass at sequence length `context`."""
-    attention = 2 * 2 * config.n_layer * context * config.n_head * config.head_dim  # QK^T and PV
-    return 2 * param_counts(config).matmul + attention
+    """Matmul FLOPs of one token's forward pass at sequence length `context`.
+
+    A local / strided / fixed layer counts the keys its pattern lets a query see (`patterns.keys_per_query`):
+    what a block-sparse kernel computes. The masked dense kernels here compute the dense figure."""
+    keys = sum(keys_per_query(kind, context, config) for kind in config.layer_patterns)
+    attention = 2 * 2 * keys * config.n_head * config.head_dim  # QK^T and PV
+    return 2 * param_counts(config).matmul + round(attention)
+
+
+def kv_cache_bytes(config: ModelConfig, tokens: int, element_bytes: int) -> int:
+    """KV-cache bytes of one sequence of `tokens` tokens when decoding with a rolling cache: local layers hold
+    at most attn_window tokens (`kv_cache.py`), the others every token."""
+    per_layer_token = 2 * config.kv_dim * element_bytes  # keys and values
+    held = sum(min(tokens, config.attn_window or tokens) if kind == "local" else tokens
+               for kind in config.layer_patterns)  # fmt: skip
+    return per_layer_token * held
 
 
 def train_flops_per_token(config: ModelConfig, context: int) -> int:
@@ -112,6 +127,9 @@ class Sizing:
     activations_bytes: int
     activations_checkpointed_bytes: int
     kv_cache_bytes_per_token: int
+    """Every layer's keys and values of one token (a dense model's cache grows by this per token)."""
+    kv_cache_bytes_per_sequence: int
+    """One context_length-token sequence's cache, local layers holding only their window."""
 
     @property
     def chinchilla_tokens(self) -> int:
@@ -152,6 +170,7 @@ def size(config: ModelConfig, batch: int = 1, context: int | None = None, precis
         activations_bytes=full,
         activations_checkpointed_bytes=ckpt,
         kv_cache_bytes_per_token=2 * config.n_layer * config.kv_dim * act_bytes,
+        kv_cache_bytes_per_sequence=kv_cache_bytes(config, config.context_length, act_bytes),
     )
 
 
