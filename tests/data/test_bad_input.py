@@ -77,7 +77,7 @@ def test_empty_folder_missing_input_unknown_dataset_and_no_input(
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     cases = [
-        (["--input", str(tmp_path / "empty")], "holds no *.txt, *.jsonl, *.txt.gz, *.jsonl.gz files"),
+        (["--input", str(tmp_path / "empty")], "holds no *.txt, *.jsonl, *.txt.gz, *.jsonl.gz, *.warc, *.warc.gz, *.wet, *.wet.gz, *.parquet files"),
         (["--input", str(tmp_path / "nope.txt")], "nope.txt does not exist; pass existing files or folders"),
         (["--dataset", "no-such-set"], "unknown asset 'no-such-set'"),
         ([], "no input: pass --input FILE_OR_FOLDER... or --dataset NAME"),

@@ -57,7 +57,7 @@ def load_blocklist(builtin: bool, files: Iterable[Path]) -> list[str]:
     """The sorted blocked domains: the shipped list (if `builtin`) plus every file; a one-line error for a bad file."""
     domains: set[str] = set()
     if builtin:
-        text = resources.files("scratchlm.resources").joinpath(BUILTIN_BLOCKLIST).read_text(encoding="utf-8")
+        text = (resources.files("scratchlm") / "resources" / BUILTIN_BLOCKLIST).read_text(encoding="utf-8")
         domains |= read_blocklist(text.splitlines())
     for path in files:
         try:

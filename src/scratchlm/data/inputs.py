@@ -107,7 +107,7 @@ def _find(path: Path) -> list[Path]:
         if not found:
             raise ScratchlmError(
                 f"input folder {path} holds no {', '.join('*' + s for s in SUFFIXES)} files; point --input at "
-                "text or JSONL files"
+                "text, JSONL, WARC or parquet files"
             )
         return sorted(found)
     raise ScratchlmError(f"input {path} does not exist; pass existing files or folders to --input")
