@@ -13,8 +13,9 @@ each comes from a published pipeline (docs/data.md, "Web data"):
 - C4's line rules (Raffel et al. 2020, section 2.2, and the `c4_utils.py` that built C4): drop lines that do not
   end in terminal punctuation, lines of fewer than N words, lines with "javascript" or a cookie / terms-of-use
   notice (C4's whole-document "lorem ipsum" rule is a quality reason, `clean.py`).
-- PII (FineWeb's last step): e-mail addresses become `email@example.com` and IPv4 addresses `192.0.2.1` (RFC 5737's
-  documentation range), so the text stays fluent for a language model; the report counts the masked addresses.
+- PII (FineWeb's last step): e-mail addresses become `[email]` and IPv4 addresses `[ip]`; the report counts them.
+  (FineWeb substitutes look-alike addresses such as `email@example.com`, which read more fluently but are still
+  addresses to anyone who scans the output for them; a plain marker is unambiguous.)
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ def filter_lines(
 
 # ---------------------------------------------------------------------------------------------------- PII
 
-EMAIL_MASK = "email@example.com"
-IP_MASK = "192.0.2.1"
+EMAIL_MASK = "[email]"
+IP_MASK = "[ip]"
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]|\.\d)")

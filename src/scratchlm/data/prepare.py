@@ -154,10 +154,10 @@ class PrepareConfig:
     drop_notice_lines: bool = False
     """Lines (C4): remove lines mentioning javascript or a cookie, privacy-policy or terms-of-use notice."""
     mask_pii: bool = False
-    """Replace e-mail addresses with email@example.com and IPv4 addresses with 192.0.2.1 (counted)."""
+    """Replace e-mail addresses with [email] and IPv4 addresses with [ip] (counted in the report)."""
     metadata: bool = False
-    """Write a sidecar train_000000.meta.jsonl per shard: each document's start token, token count, URL, date
-    and source."""
+    """Write a sidecar train_000000.meta.jsonl per shard: each document's start token, token count, URL and
+    date."""
     exact_dedup: bool = True
     """Drop exact duplicates (same cleaned text)."""
     near_dedup: bool = True
@@ -222,8 +222,8 @@ class PrepareConfig:
 
 _KEEP, _QUALITY, _ERROR, _URL, _LANG, _BAD, _SKIP, _EXACT, _NEAR = range(9)
 """Result statuses. A result is `(status, input bytes, invalid UTF-8, meta, *details)` (`_ERROR`: `(status,
-message)`); meta is None for a document without URL or web filters, else `(url, date, language, lines removed,
-(e-mails, IPs) masked)`. `_EXACT`/`_NEAR` are `_KEEP` results the global (Ray) de-duplication already judged."""
+message)`); meta is None for a document without URL or web filters, else `(url, date, language or None if not
+identified ("und" below the threshold), lines removed per rule or None, (e-mails, IPs) masked or None)`. `_EXACT`/`_NEAR` are `_KEEP` results the global (Ray) de-duplication already judged."""
 
 
 class DocProcessor:
@@ -270,7 +270,7 @@ class DocProcessor:
         timed = self.timings is not None
         t = time.perf_counter() if timed else 0.0
         n_bytes = len(doc.data)
-        meta = [doc.url, doc.date, "", None, None] if (doc.url or self.web) else None
+        meta = [doc.url, doc.date, None, None, None] if (doc.url or self.web) else None
         if doc.kind == SKIP:
             return (_SKIP, 0, 0, None)
         if doc.kind == BAD:
@@ -307,7 +307,7 @@ class DocProcessor:
         t = self._tick("read", t) if timed else t
         if self.langid is not None and meta is not None:
             lang, p = self.langid.classify(text) if text else ("", 0.0)
-            meta[2] = lang if p >= self.s["language_threshold"] else ""  # below the threshold: undetermined
+            meta[2] = lang if p >= self.s["language_threshold"] else "und"  # below the threshold: undetermined
             t = self._tick("language", t) if timed else t
             if meta[2] not in self.languages:
                 return (_LANG, n_bytes, invalid, _meta(meta))
@@ -731,9 +731,8 @@ class _Run:
         if date:
             web["first_date"] = min(web["first_date"] or date, date)
             web["last_date"] = max(web["last_date"] or date, date)
-        if self.cfg.languages:
-            key = lang or "unknown"
-            web["languages"][key] = web["languages"].get(key, 0) + 1
+        if lang is not None:  # identified (documents dropped before identification have none)
+            web["languages"][lang] = web["languages"].get(lang, 0) + 1
         if lines is not None:
             for rule, n in zip(LINE_RULES, lines):
                 web["lines_removed"][rule] += n
