@@ -12,8 +12,9 @@ responses) are not documents and are counted in `records_skipped`. A record that
 a *bad record*: it is counted under its reason in the report, one line names the first few, and the run goes on:
 
 - `broken_http_header`: a response whose HTTP status line does not start with `HTTP/`;
-- `truncated`: the file ends inside the record (an interrupted download), so its payload is shorter than its
-  `Content-Length`; the records before it are used;
+- `truncated`: the file ends (an interrupted download) or breaks inside the record, so its payload is shorter
+  than its `Content-Length`, its header cannot be read, or its gzip member ends early; the records before it are
+  used, the rest of the file is not read;
 - `unknown_encoding`: the HTML declares a charset Python does not know (decided in the worker, `decode_html`).
 
 Extraction (worker processes, `extract_text`): trafilatura (Barbaresi 2021), the extractor FineWeb uses on Common
@@ -41,12 +42,29 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
+_Iterator: Any = None
+
+
 def _warcio() -> Any:
-    try:
-        from warcio.archiveiterator import ArchiveIterator
-    except ImportError:
-        raise ScratchlmError("reading WARC/WET files needs the warcio package; pip install -e \".[web]\"") from None
-    return ArchiveIterator
+    """warcio's ArchiveIterator, remembering at the end whether the last gzip member was complete (warcio takes a
+    gzip member cut inside a record header for the end of the file, silently)."""
+    global _Iterator
+    if _Iterator is None:
+        try:
+            from warcio.archiveiterator import ArchiveIterator
+        except ImportError:
+            raise ScratchlmError("reading WARC/WET files needs the warcio package; pip install -e \".[web]\"") from None
+
+        class _Checked(ArchiveIterator):
+            cut_member = False
+
+            def close(self) -> None:
+                d = self.reader.decompressor if self.reader is not None else None
+                self.cut_member = d is not None and hasattr(d, "eof") and not d.eof
+                super().close()
+
+        _Iterator = _Checked
+    return _Iterator
 
 
 def charset_of(content_type: str | None) -> str:
@@ -59,32 +77,47 @@ def charset_of(content_type: str | None) -> str:
 
 def warc_records(stream: BinaryIO) -> Iterator[tuple[str, bytes, str, str, str]]:
     """(kind, payload, url, date, info) for each record: kind "html", "text", "skip" or "bad" (info: the charset,
-    or the bad reason)."""
-    ArchiveIterator = _warcio()
-    for record in ArchiveIterator(stream, arc2warc=True):
+    or the bad reason). A file that ends or breaks inside a record gives one "truncated" record and ends there."""
+    iterator = _warcio()(stream, arc2warc=True)
+    records = iter(iterator)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            if iterator.cut_member:  # the file ends inside a gzip member: a record (or its trailer) is cut
+                yield "bad", b"", "", "", "truncated"
+            return
+        except Exception:  # warcio raises several kinds on a cut or corrupt header: the file is unusable from here
+            yield "bad", b"", "", "", "truncated"
+            return
         url = record.rec_headers.get_header("WARC-Target-URI") or ""
         date = record.rec_headers.get_header("WARC-Date") or ""
-        if record.rec_type == "response":
-            http = record.http_headers
-            if http is None or not str(http.protocol).upper().startswith("HTTP/"):
-                yield "bad", b"", url, date, "broken_http_header"
-                continue
-            content_type = (http.get_header("Content-Type") or "").lower()
-            if not content_type.split(";")[0].strip() in _HTML_TYPES:
-                yield "skip", b"", url, date, ""
-                continue
-            payload = record.content_stream().read()
-            kind, info = "html", charset_of(content_type)
-        elif record.rec_type == "conversion":
-            payload = record.content_stream().read()
-            kind, info = "text", ""
-        else:
-            yield "skip", b"", url, date, ""
-            continue
-        if record.raw_stream.limit:  # bytes promised by Content-Length that the file does not have
+        try:
+            kind, payload, info = _payload(record)
+            while record.raw_stream.read(1 << 16):  # the rest (skipped records too): reveals a cut record
+                pass
+        except Exception:
             yield "bad", b"", url, date, "truncated"
-            continue
+            return
+        if getattr(record.raw_stream, "limit", 1):
+            # fewer bytes than Content-Length promised (or no Content-Length): the file ends inside this record
+            yield "bad", b"", url, date, "truncated"
+            return
         yield kind, payload, url, date, info
+
+
+def _payload(record: Any) -> tuple[str, bytes, str]:
+    if record.rec_type == "response":
+        http = record.http_headers
+        if http is None or not str(http.protocol).upper().startswith("HTTP/"):
+            return "bad", b"", "broken_http_header"
+        content_type = (http.get_header("Content-Type") or "").lower()
+        if content_type.split(";")[0].strip() not in _HTML_TYPES:
+            return "skip", b"", ""
+        return "html", record.content_stream().read(), charset_of(content_type)
+    if record.rec_type == "conversion":
+        return "text", record.content_stream().read(), ""
+    return "skip", b"", ""
 
 
 def is_warc(head: bytes) -> bool:
