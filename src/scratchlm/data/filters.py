@@ -83,6 +83,9 @@ def blocked_domain(domain: str, blocked: frozenset[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------------- language
 
 
+LANGID_CHARS = 1000
+
+
 class LanguageID:
     """py3langid with normalised probabilities (built once per worker: loading the model takes ~0.1 s)."""
 
@@ -100,8 +103,11 @@ class LanguageID:
         return self._model.labels
 
     def classify(self, text: str) -> tuple[str, float]:
-        """(ISO 639-1 code, probability) of the most likely language; the first 10,000 characters decide."""
-        lang, p = self._model.classify(text[:10_000])
+        """(ISO 639-1 code, probability) of the most likely language.
+
+        The first `LANGID_CHARS` characters decide: langid.py is accurate on tweet-length text, and its cost grows
+        faster than the length (10,000 characters take ~25 ms, 1,000 ~1.5 ms on our CPU)."""
+        lang, p = self._model.classify(text[:LANGID_CHARS])
         return lang, float(p)
 
 
