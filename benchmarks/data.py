@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +47,29 @@ import numpy as np
 from scratchlm import assets
 
 
-def make_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[int, int]:
-    """Write ~`mb` MB of JSONL documents into `folder`; returns (bytes, documents)."""
+def prose_maker(rng: np.random.Generator) -> Callable[[int], str]:
+    """`prose(n)`: n words drawn from WikiText-2 (valid)'s word frequencies, in sentences of 15 words."""
     words = assets.fetch("wikitext-2-valid").read_text(encoding="utf-8").split()
     counts = collections.Counter(w for w in words if w not in ("<unk>", "=", "@-@", "@,@", "@.@"))
     vocab = np.array(list(counts))
     p = np.array(list(counts.values()), dtype=np.float64)
     p /= p.sum()
+
+    def prose(n: int) -> str:
+        ws = vocab[rng.choice(len(vocab), size=n, p=p)].tolist()
+        for i in range(0, n, 15):
+            ws[i] = ws[i].capitalize()
+            if i:
+                ws[i - 1] += "."
+        return " ".join(ws) + "."
+
+    return prose
+
+
+def make_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[int, int]:
+    """Write ~`mb` MB of JSONL documents into `folder`; returns (bytes, documents)."""
     rng = np.random.default_rng(seed)
+    prose = prose_maker(rng)
     pyrng = random.Random(seed)
     target, total, docs, file_no = int(mb * 1e6), 0, 0, 0
     recent: collections.deque[str] = collections.deque(maxlen=200)
@@ -73,13 +89,7 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[int, int]:
                 ws[pyrng.randrange(len(ws))] = "changed"
             text = " ".join(ws)  # near copy
         else:
-            n = int(rng.integers(200, 1200))
-            ws = vocab[rng.choice(len(vocab), size=n, p=p)].tolist()
-            for i in range(0, n, 15):
-                ws[i] = ws[i].capitalize()
-                if i:
-                    ws[i - 1] += "."
-            text = " ".join(ws) + "."
+            text = prose(int(rng.integers(200, 1200)))
             recent.append(text)
         line = json.dumps({"text": text}) + "\n"
         f.write(line)
@@ -135,21 +145,8 @@ def make_warc(folder: Path, mb: float, seed: int = 1) -> tuple[int, int]:
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
-    words = assets.fetch("wikitext-2-valid").read_text(encoding="utf-8").split()
-    counts = collections.Counter(w for w in words if w not in ("<unk>", "=", "@-@", "@,@", "@.@"))
-    vocab = np.array(list(counts))
-    p = np.array(list(counts.values()), dtype=np.float64)
-    p /= p.sum()
     rng, pyrng = np.random.default_rng(seed), random.Random(seed)
-
-    def sentence_block(n: int) -> str:
-        ws = vocab[rng.choice(len(vocab), size=n, p=p)].tolist()
-        for i in range(0, n, 15):
-            ws[i] = ws[i].capitalize()
-            if i:
-                ws[i - 1] += "."
-        return " ".join(ws) + "."
-
+    prose = prose_maker(rng)
     target, total, pages, file_no = int(mb * 1e6), 0, 0, 0
     recent: collections.deque[list[str]] = collections.deque(maxlen=100)
     while total < target:
@@ -164,7 +161,7 @@ def make_warc(folder: Path, mb: float, seed: int = 1) -> tuple[int, int]:
                 elif r < 0.06 and recent:
                     paras = [x.replace(" the ", " a ", 1) for x in pyrng.choice(recent)]
                 else:
-                    paras = [sentence_block(int(rng.integers(40, 160))) for _ in range(int(rng.integers(3, 9)))]
+                    paras = [prose(int(rng.integers(40, 160))) for _ in range(int(rng.integers(3, 9)))]
                     recent.append(paras)
                 url = f"https://site{pyrng.randrange(500)}.example/{pages}"
                 if pages % 50 == 0:

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from scratchlm.cli.main import main
 from scratchlm.data import read_manifest, read_split, shard_tokenizer

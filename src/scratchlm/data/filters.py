@@ -24,7 +24,6 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from scratchlm.errors import ScratchlmError

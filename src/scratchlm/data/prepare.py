@@ -69,9 +69,19 @@ from scratchlm.data.filters import (
     load_blocklist,
     mask_pii,
 )
-from scratchlm.data.inputs import BAD, HTML, JSON, SKIP, InputFile, RawDoc, json_text, read_documents, resolve_inputs
-from scratchlm.data.web import BAD_REASONS, decode_html, extract_text
+from scratchlm.data.inputs import (
+    BAD,
+    HTML,
+    JSON,
+    SKIP,
+    InputFile,
+    RawDoc,
+    json_text,
+    read_documents,
+    resolve_inputs,
+)
 from scratchlm.data.ngrams import ngram_hashes, word_hashes
+from scratchlm.data.web import BAD_REASONS, decode_html, extract_text
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
