@@ -182,7 +182,8 @@ def stage_shares(corpus: Path, tokenizer: str = "gpt2") -> dict[str, float]:
     from scratchlm import tokenizer as tokenizers
     from scratchlm.data.decontaminate import EvalNgrams
     from scratchlm.data.inputs import read_documents, resolve_inputs
-    from scratchlm.data.prepare import DocProcessor, PrepareConfig, _settings
+    from scratchlm.data.prepare import PrepareConfig, _settings
+    from scratchlm.data.process import DocProcessor
 
     cfg = PrepareConfig(out=corpus / "unused", input=(corpus,), languages=("en",), line_terminal_punct=True,
                         min_line_words=5, drop_notice_lines=True, drop_lorem_ipsum=True, mask_pii=True)

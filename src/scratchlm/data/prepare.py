@@ -2,8 +2,12 @@
 
 The pipeline, per document, in input order:
 
-    read (parent)  ->  decode, clean, quality filters, word hashes, MinHash, 13-gram check, tokenize (workers)
+    read (parent)  ->  decode, clean, quality filters, word hashes, MinHash, 13-gram check, tokenize (workers,
+                       `process.py`; web pages: extraction, language, URL, line and PII filters too)
                    ->  exact dedup, near dedup, contamination verdict, train/val split, shard writing (parent)
+
+With `--executor ray` the worker part runs as Ray actors and the two dedup steps as a distributed step over all
+documents before the parent writes (`ray_exec.py`); the output is the same.
 
 Decisions:
 - Work that needs no other document (everything up to tokenization) runs in `workers` processes on chunks of
@@ -56,32 +60,24 @@ import numpy as np
 from scratchlm import assets
 from scratchlm import tokenizer as tokenizers
 from scratchlm.data import shards
-from scratchlm.data.clean import REASONS, QualityConfig, normalize, quality_reason
+from scratchlm.data.clean import REASONS, QualityConfig
 from scratchlm.data.decontaminate import EvalNgrams, resolve_eval_set
-from scratchlm.data.dedup import HashIndex, MinHasher, NearDupIndex, exact_key
-from scratchlm.data.filters import (
-    LINE_RULES,
-    LanguageID,
-    blocked_domain,
-    check_languages,
-    domain_of,
-    filter_lines,
-    load_blocklist,
-    mask_pii,
+from scratchlm.data.dedup import HashIndex, NearDupIndex
+from scratchlm.data.filters import LINE_RULES, check_languages, domain_of, load_blocklist
+from scratchlm.data.inputs import InputFile, RawDoc, read_documents, resolve_inputs
+from scratchlm.data.process import (
+    BAD_RECORD,
+    ERROR,
+    EXACT,
+    LANG,
+    NEAR,
+    NOT_PAGE,
+    QUALITY,
+    URL,
+    DocProcessor,
+    chunks,
 )
-from scratchlm.data.inputs import (
-    BAD,
-    HTML,
-    JSON,
-    SKIP,
-    InputFile,
-    RawDoc,
-    json_text,
-    read_documents,
-    resolve_inputs,
-)
-from scratchlm.data.ngrams import ngram_hashes, word_hashes
-from scratchlm.data.web import BAD_REASONS, decode_html, extract_text
+from scratchlm.data.web import BAD_REASONS
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
@@ -90,8 +86,6 @@ PROGRESS_DIR = ".progress"
 META_SUFFIX = ".meta.jsonl"
 TOKENIZER_FILE = "tokenizer.json"
 STATE_VERSION = 1
-_CHUNK_BYTES = 256 << 10
-_CHUNK_DOCS = 512
 AUTO_VAL_BYTES = 1 << 20
 """An unset --val-fraction aims at this much validation text (within 1% to 10% of the input)."""
 _SMALL_INPUT = 2 << 20
@@ -230,144 +224,6 @@ class PrepareConfig:
 
 # ------------------------------------------------------------------------------------------------ worker side
 
-_KEEP, _QUALITY, _ERROR, _URL, _LANG, _BAD, _SKIP, _EXACT, _NEAR = range(9)
-"""Result statuses. A result is `(status, input bytes, invalid UTF-8, meta, *details)` (`_ERROR`: `(status,
-message)`); meta is None for a document without URL or web filters, else `(url, date, language or None if not
-identified ("und" below the threshold), lines removed per rule or None, (e-mails, IPs) masked or None)`. `_EXACT`/`_NEAR` are `_KEEP` results the global (Ray) de-duplication already judged."""
-
-
-class DocProcessor:
-    """Everything that looks at one document alone; runs in the worker processes (or in-process for 1 worker)."""
-
-    STAGES = ("read", "extract", "language", "filter", "tokenize")
-    """Stages timed when `timed` (benchmarks/data.py reports their shares)."""
-
-    def __init__(
-        self,
-        settings: dict[str, Any],
-        tokenizer_dict: dict[str, Any],
-        eval_table: EvalNgrams,
-        blocklist: list[str] | None = None,
-        timed: bool = False,
-    ) -> None:
-        self.s = settings
-        self.quality = QualityConfig(**{f.name: settings[f.name] for f in dataclasses.fields(QualityConfig)})
-        self.tokenizer = tokenizers.from_dict(tokenizer_dict)
-        self.separator = list(settings["separator"])
-        self.dtype = np.dtype(settings["dtype"])
-        self.eval_table = eval_table
-        self.minhasher = (
-            MinHasher(settings["minhash_perms"], settings["lsh_bands"], settings["shingle_size"])
-            if settings["near_dedup"]
-            else None
-        )
-        self.blocked = frozenset(blocklist or ())
-        self.languages = frozenset(settings["languages"])
-        self.langid = LanguageID() if self.languages else None
-        self.line_rules = (settings["line_terminal_punct"], settings["min_line_words"], settings["drop_notice_lines"])
-        self.web = bool(self.languages or any(self.line_rules) or settings["mask_pii"])
-        self.timings: dict[str, float] | None = dict.fromkeys(self.STAGES, 0.0) if timed else None
-
-    def process(self, chunk: list[RawDoc]) -> list[tuple]:
-        return [self.process_one(doc) for doc in chunk]
-
-    def _tick(self, stage: str, t0: float) -> float:
-        t1 = time.perf_counter()
-        self.timings[stage] += t1 - t0  # type: ignore[index]
-        return t1
-
-    def process_one(self, doc: RawDoc) -> tuple:
-        timed = self.timings is not None
-        t = time.perf_counter() if timed else 0.0
-        n_bytes = len(doc.data)
-        meta = [doc.url, doc.date, None, None, None] if (doc.url or self.web) else None
-        if doc.kind == SKIP:
-            return (_SKIP, 0, 0, None)
-        if doc.kind == BAD:
-            return (_BAD, n_bytes, 0, _meta(meta), BAD_REASONS.index(doc.info), doc.where)
-        if self.blocked and doc.url:
-            hit = blocked_domain(domain_of(doc.url), self.blocked)
-            if hit is not None:
-                return (_URL, n_bytes, 0, _meta(meta), hit)
-        if doc.kind == HTML:
-            html, invalid, charset = decode_html(doc.data, doc.info)
-            if html is None:
-                return (_BAD, n_bytes, 0, _meta(meta), BAD_REASONS.index("unknown_encoding"),
-                        f"{doc.where} ({doc.url}) declares charset {charset!r}")
-            t = self._tick("read", t) if timed else t
-            text = extract_text(html)
-            t = self._tick("extract", t) if timed else t
-        else:
-            try:
-                text = doc.data.decode("utf-8")
-                invalid = 0
-            except UnicodeDecodeError:
-                text = doc.data.decode("utf-8", errors="replace")
-                invalid = 1
-            if doc.kind == JSON:
-                try:
-                    text = json_text(text, self.s["text_field"], doc.where)
-                except ScratchlmError as e:
-                    return (_ERROR, str(e))
-                if _has_surrogates(text):  # JSON escapes can spell lone surrogates, which are not encodable text
-                    text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
-                    invalid = 1
-        invalid = int(invalid)
-        text = normalize(text)
-        t = self._tick("read", t) if timed else t
-        if self.langid is not None and meta is not None:
-            lang, p = self.langid.classify(text) if text else ("", 0.0)
-            meta[2] = lang if p >= self.s["language_threshold"] else "und"  # below the threshold: undetermined
-            t = self._tick("language", t) if timed else t
-            if meta[2] not in self.languages:
-                return (_LANG, n_bytes, invalid, _meta(meta))
-        if any(self.line_rules) and meta is not None:
-            text, meta[3] = filter_lines(text, *self.line_rules)
-        if self.s["mask_pii"] and meta is not None:
-            text, emails, ips = mask_pii(text)
-            meta[4] = (emails, ips)
-        words = word_hashes(text)  # (W,) uint64, shared by the filters below
-        q = self.quality
-        grams = ngram_hashes(words, q.repeated_ngram_size) if q.max_repeated_ngram_fraction < 1 and text else None
-        reason = quality_reason(text, words, q, grams)
-        if reason is not None:
-            if timed:
-                self._tick("filter", t)
-            return (_QUALITY, n_bytes, invalid, _meta(meta), REASONS.index(reason))
-        bands = sig16 = None
-        if self.minhasher is not None:
-            same = grams is not None and grams.size and q.repeated_ngram_size == self.minhasher.shingle_size
-            shingles = grams if same else ngram_hashes(words, self.minhasher.shingle_size, short=True)
-            signature = self.minhasher.signature_of_shingles(shingles)
-            if signature is not None:
-                bands = self.minhasher.band_keys(signature)
-                sig16 = signature.astype(np.uint16)  # low 16 bits (b-bit MinHash, see dedup.py)
-        contaminated = self.eval_table.contains_any(words)
-        t = self._tick("filter", t) if timed else t
-        tokens = None
-        if not contaminated:
-            ids = self.tokenizer.encode_ordinary(text)
-            ids.extend(self.separator)
-            tokens = np.array(ids, dtype=self.dtype)
-            if timed:
-                self._tick("tokenize", t)
-        clean_bytes = len(text.encode("utf-8"))
-        return (_KEEP, n_bytes, invalid, _meta(meta), exact_key(text), bands, sig16, contaminated, tokens,
-                clean_bytes)
-
-
-def _meta(meta: list | None) -> tuple | None:
-    return None if meta is None else tuple(meta)
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
 _worker: DocProcessor | None = None
 
 
@@ -398,19 +254,6 @@ def _exit_with(pid: int) -> None:
 def _process_chunk(chunk: list[RawDoc]) -> list[tuple]:
     assert _worker is not None
     return _worker.process(chunk)
-
-
-def _chunks(docs: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
-    chunk: list[RawDoc] = []
-    size = 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc.data)
-        if size >= _CHUNK_BYTES or len(chunk) >= _CHUNK_DOCS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 # ------------------------------------------------------------------------------------------------ shard writing
@@ -702,10 +545,10 @@ class _Run:
     # ---- consuming results ----------------------------------------------------------------------------------
     def consume(self, result: tuple) -> None:
         status = result[0]
-        if status == _ERROR:
+        if status == ERROR:
             raise ScratchlmError(result[1])
         self.docs_consumed += 1
-        if status == _SKIP:
+        if status == NOT_PAGE:
             self.report["records_skipped"] += 1
             return
         rep = self.report
@@ -716,16 +559,16 @@ class _Run:
         if meta is not None:
             self._count_meta(meta)
         completed = False
-        if status == _QUALITY:
+        if status == QUALITY:
             rep["filtered_quality"] += 1
             self.reasons[REASONS[result[4]]] += 1
-        elif status == _BAD:
+        elif status == BAD_RECORD:
             self._bad_record(BAD_REASONS[result[4]], result[5])
-        elif status == _URL:
+        elif status == URL:
             rep["filtered_url"] += 1
             blocked = self.web["blocked_domains"]
             blocked[result[4]] = blocked.get(result[4], 0) + 1
-        elif status == _LANG:
+        elif status == LANG:
             rep["filtered_language"] += 1
         else:
             completed = self._dedup_and_write(status, meta, *result[4:])
@@ -767,7 +610,7 @@ class _Run:
         clean_bytes: int,
     ) -> bool:
         rep = self.report
-        if status == _EXACT:
+        if status == EXACT:
             rep["exact_duplicates"] += 1
             return False
         if self.exact is not None:
@@ -777,7 +620,7 @@ class _Run:
                 return False
             self.exact.insert(keys)
             self._pending_exact.append(key)
-        if status == _NEAR:
+        if status == NEAR:
             rep["near_duplicates"] += 1
             return False
         if self.near is not None and bands is not None:
@@ -900,7 +743,7 @@ def _results(
     """Per-document results in input order, from `workers` processes (in-process for 1)."""
     if workers <= 1:
         processor = DocProcessor(settings, tokenizer_dict, eval_table, blocklist)
-        for chunk in _chunks(docs):
+        for chunk in chunks(docs):
             yield from processor.process(chunk)
         return
     # forkserver: workers start from a clean interpreter (no torch threads inherited from a training process)
@@ -913,7 +756,7 @@ def _results(
     )
     try:
         pending: collections.deque[Future] = collections.deque()
-        for chunk in _chunks(docs):
+        for chunk in chunks(docs):
             pending.append(pool.submit(_process_chunk, chunk))
             if len(pending) >= 2 * workers:  # bounded read-ahead: memory does not grow with the corpus
                 yield from pending.popleft().result()

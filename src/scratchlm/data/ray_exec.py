@@ -38,6 +38,7 @@ import numpy as np
 from scratchlm.data.decontaminate import EvalNgrams
 from scratchlm.data.dedup import NearDupIndex
 from scratchlm.data.inputs import RawDoc
+from scratchlm.data.process import EXACT, KEEP, NEAR, DocProcessor, chunks
 from scratchlm.errors import ScratchlmError
 
 _INSTALL = 'pip install -e ".[ray]" (or pip install ray)'
@@ -54,11 +55,9 @@ def require_ray() -> Any:
 
 def _keys_of(results: list[tuple], start: int) -> dict[str, np.ndarray]:
     """The compact key table of one chunk's results (documents that reached de-duplication)."""
-    from scratchlm.data.prepare import _KEEP
-
     docs, exact, band_docs, bands, sigs = [], [], [], [], []
     for i, r in enumerate(results):
-        if r[0] != _KEEP:
+        if r[0] != KEEP:
             continue
         docs.append(start + i)
         exact.append(r[4])
@@ -82,8 +81,6 @@ class _Worker:
 
     def __init__(self, settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams,
                  blocklist: list[str]) -> None:
-        from scratchlm.data.prepare import DocProcessor
-
         self.processor = DocProcessor(settings, tokenizer_dict, eval_table, blocklist)
 
     def process(self, chunk: list[RawDoc], start: int) -> tuple[list[tuple], dict[str, np.ndarray]]:
@@ -162,10 +159,8 @@ def _resolve(components: list[np.ndarray], num_perm: int, threshold: float,
 
 
 def _chunks_with_start(docs: Iterator[RawDoc]) -> Iterator[tuple[int, list[RawDoc]]]:
-    from scratchlm.data.prepare import _chunks
-
     start = 0
-    for chunk in _chunks(docs):
+    for chunk in chunks(docs):
         yield start, chunk
         start += len(chunk)
 
@@ -180,8 +175,6 @@ def results(
     blocklist: list[str],
 ) -> Iterator[tuple]:
     """Per-document results in input order from document `skip` on, duplicates marked (see the module docstring)."""
-    from scratchlm.data.prepare import _EXACT, _KEEP, _NEAR
-
     ray = require_ray()
     started = False
     if not ray.is_initialized():
@@ -246,10 +239,10 @@ def results(
                 doc = start + i
                 if doc < skip:
                     continue
-                if r[0] == _KEEP and doc in exact_set:
-                    r = (_EXACT, *r[1:])
-                elif r[0] == _KEEP and doc in near_set:
-                    r = (_NEAR, *r[1:])
+                if r[0] == KEEP and doc in exact_set:
+                    r = (EXACT, *r[1:])
+                elif r[0] == KEEP and doc in near_set:
+                    r = (NEAR, *r[1:])
                 yield r
     finally:
         if started:
