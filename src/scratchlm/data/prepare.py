@@ -222,7 +222,7 @@ class PrepareConfig:
         )
 
 
-# ------------------------------------------------------------------------------------------------ worker side
+# ------------------------------------------------------------------------------------------------ worker pool
 
 _worker: DocProcessor | None = None
 
@@ -289,7 +289,7 @@ class SplitWriter:
 
     def write(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> bool:
         """Append one document's tokens (they may span shards); True if a shard was completed. With `metadata`,
-        `meta` (url, date, source) goes to the sidecar of the shard where the document starts."""
+        `meta` (url, date) goes to the sidecar of the shard where the document starts."""
         completed, pos = False, 0
         if self.metadata:
             if self._file is None:
@@ -795,6 +795,23 @@ def _settings(
     return d
 
 
+_ANY = object()
+_ADDED_SETTINGS = {
+    "drop_lorem_ipsum": False,
+    "languages": [],
+    "language_threshold": _ANY,  # moot without languages
+    "url_blocklist": _ANY,  # moot: such folders were made from inputs without URLs
+    "builtin_url_blocklist": _ANY,
+    "line_terminal_punct": False,
+    "min_line_words": 0,
+    "drop_notice_lines": False,
+    "mask_pii": False,
+    "metadata": False,
+}
+"""Settings added with the web inputs, and what a folder prepared before them implies: such a folder is still
+complete (or resumable) with the same command."""
+
+
 def _refuse_mismatch(out: Path, saved: dict[str, Any], header: dict[str, Any], settings: dict[str, Any]) -> None:
     have, want = saved["tokenizer"]["identity"], header["tokenizer"]["identity"]
     if have != want:
@@ -802,7 +819,12 @@ def _refuse_mismatch(out: Path, saved: dict[str, Any], header: dict[str, Any], s
             f"{out} was prepared with another tokenizer ({have[:19]}..., this one is {want[:19]}...); "
             "use a new --out folder, or delete it to start over"
         )
-    diff = sorted(k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k))
+    before = saved["settings"]
+    diff = sorted(
+        k for k in set(settings) | set(before)
+        if settings.get(k) != before.get(k)
+        and not (k not in before and k in _ADDED_SETTINGS and _ADDED_SETTINGS[k] in (settings[k], _ANY))
+    )
     if diff:
         raise ScratchlmError(
             f"{out} was prepared with different settings ({', '.join(diff)}); use a new --out folder or the same "
