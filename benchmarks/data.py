@@ -239,6 +239,17 @@ def tiktoken_loop(corpus: Path) -> float:
     return time.perf_counter() - start
 
 
+def _timed_row(label: str, n_bytes: int, base: dict[bool, float], key: bool, result: tuple) -> tuple:
+    """A table row of one `run_prepare` result; the first row of each `key` is the speed-up's reference."""
+    wall, peak, cpu, report = result
+    mbps = n_bytes / 1e6 / wall
+    base.setdefault(key, mbps)
+    print(f"  done: {label} ({wall:.0f} s)", file=sys.stderr, flush=True)
+    return (label, mbps, f"{mbps / base[key]:.2f}x", f"{peak / 2**20:,.0f} MiB", wall, f"{cpu:.1f}",
+            f"{report['documents_kept']:,} kept, {report['exact_duplicates']:,} exact, "
+            f"{report['near_duplicates']:,} near")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=200.0, help="JSONL corpus size in MB (default 200; 0 skips)")
@@ -258,14 +269,9 @@ def main() -> None:
             base: dict[bool, float] = {}
             for near in (False, True):
                 for workers in (1, args.workers):
-                    wall, peak, cpu, report = run_prepare(corpus, tmp / "out", workers, near)
-                    mbps = n_bytes / 1e6 / wall
-                    base.setdefault(near, mbps)
                     label = f"prepare, {workers} worker{'s' if workers > 1 else ''}, " + (
                         "exact + near dedup" if near else "exact dedup only")
-                    rows.append((label, mbps, f"{mbps / base[near]:.2f}x", f"{peak / 2**20:,.0f} MiB", wall,
-                                 f"{cpu:.1f}", f"{report['exact_duplicates']:,} exact, {report['near_duplicates']:,} near"))
-                    print(f"  done: {label} ({wall:.0f} s)", file=sys.stderr, flush=True)
+                    rows.append(_timed_row(label, n_bytes, base, near, run_prepare(corpus, tmp / "out", workers, near)))
             wall = tiktoken_loop(corpus)
             rows.append(("tiktoken gpt2 encode loop, 1 thread", n_bytes / 1e6 / wall, "", "", wall, "", "(yardstick)"))
             shutil.rmtree(corpus)
@@ -276,16 +282,10 @@ def main() -> None:
             n_bytes, n_pages = make_warc(warc, args.warc_mb)
             print(f"WARC corpus: {n_bytes / 1e6:.1f} MB gzipped, {n_pages:,} HTML pages, generated in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            base_warc = None
+            base_warc: dict[bool, float] = {}
             for executor in ("local", "ray"):
-                wall, peak, cpu, report = run_prepare(warc, tmp / "out", 2, True, [*WEB_FLAGS, "--executor", executor])
-                mbps = n_bytes / 1e6 / wall
-                base_warc = base_warc or mbps
-                label = f"WARC -> shards, {executor}, 2 workers"
-                rows.append((label, mbps, f"{mbps / base_warc:.2f}x", f"{peak / 2**20:,.0f} MiB", wall, f"{cpu:.1f}",
-                             f"{report['documents_kept']:,} kept, {report['exact_duplicates']:,} exact, "
-                             f"{report['near_duplicates']:,} near"))
-                print(f"  done: {label} ({wall:.0f} s)", file=sys.stderr, flush=True)
+                result = run_prepare(warc, tmp / "out", 2, True, [*WEB_FLAGS, "--executor", executor])
+                rows.append(_timed_row(f"WARC -> shards, {executor}, 2 workers", n_bytes, base_warc, True, result))
             timings = stage_shares(warc)
             total = sum(timings.values())
             notes.append("per-document time, 1 thread: " + ", ".join(
@@ -293,7 +293,7 @@ def main() -> None:
                 "(read = decode + clean; filter = line rules, PII, quality, MinHash, decontamination)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    head = ("run", "MB/s", "speed-up", "peak RSS (tree)", "wall s", "CPU s", "dropped")
+    head = ("run", "MB/s", "speed-up", "peak RSS (tree)", "wall s", "CPU s", "documents")
     widths = [max(len(head[0]), *(len(r[0]) for r in rows)), 7, 8, 15, 7, 7, 22]
     print("  ".join(h.ljust(w) if i in (0, 6) else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
     for label, mbps, speedup, peak, wall, cpu, note in rows:
