@@ -193,60 +193,72 @@ def results(
             ) from None
         started = True
     try:
-        n = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor_cls = ray.remote(num_cpus=1)(_Worker)
-        shared = [ray.put(x) for x in (settings, tokenizer_dict, eval_table, blocklist)]
-        actors = [actor_cls.remote(*shared) for _ in range(n)]
-
-        # stage 1: per document, bounded read-ahead
-        chunk_results, tables, starts, lengths, pending = [], [], [], [], []
-        for k, (start, chunk) in enumerate(_chunks_with_start(docs)):
-            res, keys = actors[k % n].process.options(num_returns=2).remote(chunk, start)
-            chunk_results.append(res)
-            tables.append(keys)
-            starts.append(start)
-            lengths.append(len(chunk))
-            pending.append(keys)
-            while len(pending) >= 2 * n:
-                _, pending = ray.wait(pending, num_returns=1)
-        if tables:
-            ray.wait(chunk_results + tables, num_returns=len(tables) * 2, fetch_local=False)
-        for a in actors:
-            ray.kill(a)  # their CPUs go to stage 2 (the objects they returned stay in the object store)
-
-        # stage 2: global de-duplication
-        parts = n
-        exact_dups = np.zeros(0, np.int64)
-        if cfg.exact_dedup and tables:
-            reduce = ray.remote(_exact_reduce)
-            exact_dups = np.sort(np.concatenate(ray.get([reduce.remote(p, parts, *tables) for p in range(parts)])))
-        near_dups = np.zeros(0, np.int64)
-        if cfg.near_dedup and tables:
-            exact_ref = ray.put(exact_dups)
-            band_reduce = ray.remote(_band_reduce)
-            edges = [band_reduce.remote(p, parts, exact_ref, *tables) for p in range(parts)]
-            components = ray.get(ray.remote(_components).remote(*edges))
-            near_dups = _resolve_all(ray, components, tables, np.array(starts), cfg, parts)
-
-        # stage 3: results back in order, duplicates marked
-        exact_set, near_set = set(exact_dups.tolist()), set(near_dups.tolist())
-        for j, (start, length) in enumerate(zip(starts, lengths)):
-            ref, chunk_results[j] = chunk_results[j], None  # dropping the reference frees the object store
-            if start + length <= skip:
-                continue
-            chunk = ray.get(ref)
-            for i, r in enumerate(chunk):
-                doc = start + i
-                if doc < skip:
-                    continue
-                if r[0] == KEEP and doc in exact_set:
-                    r = (EXACT, *r[1:])
-                elif r[0] == KEEP and doc in near_set:
-                    r = (NEAR, *r[1:])
-                yield r
+        yield from _stages(ray, docs, skip, cfg, settings, tokenizer_dict, eval_table, blocklist)
+    except ray.exceptions.RayError as e:  # e.g. workers of a remote cluster that cannot import scratchlm
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ScratchlmError(
+            f"a Ray task failed ({type(e).__name__}: {first[:300]}); check that every node of the cluster has "
+            "scratchlm and its [web] extra installed, or run with --executor local"
+        ) from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _stages(ray: Any, docs: Iterator[RawDoc], skip: int, cfg: Any, settings: dict[str, Any],
+            tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, blocklist: list[str]) -> Iterator[tuple]:
+    """The three stages of the module docstring, on an initialised Ray."""
+    n = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actor_cls = ray.remote(num_cpus=1)(_Worker)
+    shared = [ray.put(x) for x in (settings, tokenizer_dict, eval_table, blocklist)]
+    actors = [actor_cls.remote(*shared) for _ in range(n)]
+
+    # stage 1: per document, bounded read-ahead
+    chunk_results, tables, starts, lengths, pending = [], [], [], [], []
+    for k, (start, chunk) in enumerate(_chunks_with_start(docs)):
+        res, keys = actors[k % n].process.options(num_returns=2).remote(chunk, start)
+        chunk_results.append(res)
+        tables.append(keys)
+        starts.append(start)
+        lengths.append(len(chunk))
+        pending.append(keys)
+        while len(pending) >= 2 * n:
+            _, pending = ray.wait(pending, num_returns=1)
+    if tables:
+        ray.wait(chunk_results + tables, num_returns=len(tables) * 2, fetch_local=False)
+    for a in actors:
+        ray.kill(a)  # their CPUs go to stage 2 (the objects they returned stay in the object store)
+
+    # stage 2: global de-duplication
+    parts = n
+    exact_dups = np.zeros(0, np.int64)
+    if cfg.exact_dedup and tables:
+        reduce = ray.remote(_exact_reduce)
+        exact_dups = np.sort(np.concatenate(ray.get([reduce.remote(p, parts, *tables) for p in range(parts)])))
+    near_dups = np.zeros(0, np.int64)
+    if cfg.near_dedup and tables:
+        exact_ref = ray.put(exact_dups)
+        band_reduce = ray.remote(_band_reduce)
+        edges = [band_reduce.remote(p, parts, exact_ref, *tables) for p in range(parts)]
+        components = ray.get(ray.remote(_components).remote(*edges))
+        near_dups = _resolve_all(ray, components, tables, np.array(starts), cfg, parts)
+
+    # stage 3: results back in order, duplicates marked
+    exact_set, near_set = set(exact_dups.tolist()), set(near_dups.tolist())
+    for j, (start, length) in enumerate(zip(starts, lengths)):
+        ref, chunk_results[j] = chunk_results[j], None  # dropping the reference frees the object store
+        if start + length <= skip:
+            continue
+        chunk = ray.get(ref)
+        for i, r in enumerate(chunk):
+            doc = start + i
+            if doc < skip:
+                continue
+            if r[0] == KEEP and doc in exact_set:
+                r = (EXACT, *r[1:])
+            elif r[0] == KEEP and doc in near_set:
+                r = (NEAR, *r[1:])
+            yield r
 
 
 def _resolve_all(ray: Any, components: list[np.ndarray], tables: list[Any], starts: np.ndarray, cfg: Any,
