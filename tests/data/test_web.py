@@ -224,3 +224,18 @@ def test_language_identification_known_answers() -> None:
     for lang, text in cases.items():
         got, p = ident.classify(text)
         assert got == lang and 0.65 <= p <= 1.0, (lang, got, p)
+
+
+def test_formats_are_detected_by_content_when_the_name_does_not_say(web_corpus, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scratchlm.data.inputs import detect_format
+
+    warc = tmp_path / "crawl.data"
+    warc.write_bytes((web_corpus.folder / "CC-MAIN-a.warc.gz").read_bytes())  # gzipped WARC
+    table = tmp_path / "rows.bin"
+    pq.write_table(pa.table({"text": ["a"]}), table)
+    text = tmp_path / "notes"
+    text.write_text("WARC is a file format; this is a note about it.")
+    assert [detect_format(p) for p in (warc, table, text)] == ["warc", "parquet", "text"]

@@ -167,7 +167,8 @@ def _sniff_parquet(f: InputFile, text_field: str) -> None:
     try:
         schema = pq.ParquetFile(f.path).schema_arrow
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...: all mean the file is not usable parquet
-        raise ScratchlmError(f"cannot read parquet input {f.path}: {e}; pass a valid parquet file") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ScratchlmError(f"cannot read parquet input {f.path}: {first}; pass a valid parquet file") from None
     names = schema.names
     _check_column(str(f.path), names, text_field, str(schema.field(text_field).type) if text_field in names else "")
 
@@ -236,7 +237,7 @@ def _hf_stream(name: str, split: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise ScratchlmError("--hf-dataset needs the datasets package; pip install datasets") from None
+        raise ScratchlmError("--hf-dataset needs the datasets package; pip install -e \".[web]\"") from None
     try:
         return datasets.load_dataset(name, split=split, streaming=True)
     except Exception as e:  # network, unknown name, unknown split: all one line for the user

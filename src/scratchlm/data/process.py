@@ -33,11 +33,13 @@ CHUNK_DOCS = 512
 KEEP, QUALITY, ERROR, URL, LANG, BAD_RECORD, NOT_PAGE, EXACT, NEAR = range(9)
 """Result statuses. A result is `(status, input bytes, invalid UTF-8, meta, *details)` (`ERROR`: `(status,
 message)`); meta is None for a document without URL or web filters, else `(url, date, language or None if not
-identified ("und" below the threshold), lines removed per rule or None, (e-mails, IPs) masked or None)`. `EXACT`/`NEAR` are `KEEP` results the global (Ray) de-duplication already judged."""
+identified ("und" below the threshold), lines removed per rule or None, (e-mails, IPs) masked or None)`.
+`EXACT`/`NEAR` are `KEEP` results that the global (Ray) de-duplication has already judged."""
 
 
 class DocProcessor:
-    """Everything that looks at one document alone; runs in the worker processes (or in-process for 1 worker)."""
+    """Everything that looks at one document alone; runs in the worker processes (in-process for 1 worker) or in
+    the Ray actors."""
 
     STAGES = ("read", "extract", "language", "filter", "tokenize")
     """Stages timed when `timed` (benchmarks/data.py reports their shares)."""
