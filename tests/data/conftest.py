@@ -133,3 +133,139 @@ def planted(tmp_path: Path, mirror: Path) -> Planted:
     }
     p.reasons = {k: len(v) for k, v in low.items()}
     return p
+
+
+# ---------------------------------------------------------------------------------------------------- web corpus
+
+FRENCH = (
+    "Le vieux moulin au bord de la rivière existe depuis trois siècles, et les habitants du village parlent encore "
+    "du meunier qui l'a construit. Chaque printemps, l'eau monte et fait tourner la grande roue plus vite que "
+    "jamais, et la farine nourrit toute la vallée. Les visiteurs viennent de loin pour le voir travailler."
+)
+GERMAN = (
+    "Die alte Mühle am Fluss steht seit dreihundert Jahren, und die Leute im Dorf erzählen noch immer von dem "
+    "Müller, der sie gebaut hat. Jedes Frühjahr steigt das Wasser und treibt das große Rad schneller an, als "
+    "sich irgendjemand erinnern kann. Besucher kommen von weit her, um sie arbeiten zu sehen."
+)
+CHINESE = (
+    "河边的老磨坊已经矗立了三百年，村里的人们至今仍在谈论建造它的磨坊主。每年春天，河水上涨，推动巨大的水轮比任何人记忆中"
+    "都转得更快，为整个山谷磨出面粉。远方的游客专程赶来观看它工作，村里的孩子们向他们出售用这里的面粉烤制的面包。"
+)
+
+
+@dataclass
+class WebCorpus:
+    folder: Path
+    bodies: list[str]
+    """The English article bodies that must survive, in input order (paragraphs one per line)."""
+    counts: dict[str, int]
+    languages: dict[str, int]
+    blocked: dict[str, int]
+    emails: list[str]
+    blocklist: Path
+
+
+def page(title: str, paragraphs: list[str], noise: int = 0, lang: str = "en") -> str:
+    """An HTML page: navigation, a menu, the article, in-article notices (removed by C4's line rules) and a
+    footer. `noise` varies the boilerplate, so that copies differ in everything but the article."""
+    nav = "".join(f'<li><a href="/s{i}">Section {i + noise}</a></li>' for i in range(6))
+    body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
+    return (
+        f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title></head><body>'
+        f'<header><nav><ul><li><a href="/">Home</a></li>{nav}<li><a href="/login">Log in</a></li></ul></nav>'
+        f'<div class="menu">Menu | News | Sport | Weather | Subscribe {noise}</div></header>'
+        f"<main><article><h1>{title}</h1>\n{body}\n"
+        "<p>Please enable JavaScript in your browser to see the comments for this article.</p>"
+        "<p>Share this story</p></article></main>"
+        '<aside class="sidebar"><h3>Most read</h3><ul><li><a href="/x">Ten ways to cook potatoes</a></li>'
+        '<li><a href="/y">The best gardens of the year</a></li></ul></aside>'
+        f"<footer><p>Copyright 2024 The Valley Gazette {noise}. All rights reserved.</p>"
+        '<p><a href="/privacy">Privacy policy</a> | <a href="/terms">Terms of use</a></p></footer>'
+        "</body></html>"
+    )
+
+
+def write_warc(path: Path, records: list[tuple[str, str]], date: str = "2024-03-01T12:00:00Z") -> None:
+    """A gzipped WARC of (url, html) response records, with a warcinfo record, a request record and an image
+    response in front (not documents: counted as skipped)."""
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        w.write_record(w.create_warcinfo_record(path.name, {"software": "scratchlm tests"}))
+        req = StatusAndHeaders("GET / HTTP/1.1", [("Host", "example.com")], is_http_request=True)
+        w.write_record(w.create_warc_record("http://example.com/", "request", http_headers=req,
+                                            warc_headers_dict={"WARC-Date": date}))
+        img = StatusAndHeaders("200 OK", [("Content-Type", "image/png")], protocol="HTTP/1.1")
+        w.write_record(w.create_warc_record("http://example.com/logo.png", "response", payload=io.BytesIO(b"\x89PNG"),
+                                            http_headers=img, warc_headers_dict={"WARC-Date": date}))
+        for url, html in records:
+            data = html.encode("utf-8") if isinstance(html, str) else html
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(data), http_headers=headers,
+                                                warc_headers_dict={"WARC-Date": date}))
+
+
+def _articles(mirror: Path, n: int, words: int) -> list[list[str]]:
+    """`n` articles of at least `words` words from The Verdict, paragraphs that pass C4's line rules as they are."""
+    paras = [p.strip() for p in (mirror / "the-verdict.txt").read_text(encoding="utf-8").split("\n\n")]
+    paras = [p for p in paras if p.endswith((".", "!", "?", '"')) and len(p.split()) >= 8 and "@" not in p]
+    out, cur = [], []
+    for p in paras:
+        cur.append(p)
+        if sum(len(q.split()) for q in cur) >= words:
+            out.append(cur)
+            cur = []
+        if len(out) == n:
+            break
+    assert len(out) == n
+    return out
+
+
+@pytest.fixture
+def web_corpus(tmp_path: Path, mirror: Path) -> WebCorpus:
+    arts = _articles(mirror, 6, 350)
+    emails = ["jane.doe@valley-gazette.example", "news+tips@mail.example.org"]
+    arts[2] = [*arts[2][:-1], f"Readers can write to {emails[0]} or to {emails[1]}; the server at 203.0.113.7 "
+               "answers them all." ]
+    near = [p.replace(" the ", " a ", 1) if i == 1 else p for i, p in enumerate(arts[1])]  # one word changed
+    lorem = ["Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt.", *arts[5][:2]]
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    a = [
+        ("https://www.valley-gazette.example/mill", page("The mill", arts[0])),
+        ("https://www.valley-gazette.example/painter", page("The painter", arts[1])),
+        ("https://fr.valley-gazette.example/moulin", page("Le moulin", [FRENCH], lang="fr")),
+        ("https://news.content-farm.example/story", page("Story", arts[4])),
+        ("https://www.valley-gazette.example/letters", page("Letters", arts[2])),
+        ("https://www.pornhub.com/view", page("Video", arts[4][:1])),
+    ]
+    b = [
+        ("https://de.valley-gazette.example/muehle", page("Die Mühle", [GERMAN], lang="de")),
+        ("https://mirror.example/mill-copy", page("The mill", arts[0], noise=7)),  # exact (after extraction)
+        ("https://zh.valley-gazette.example/mofang", page("磨坊", [CHINESE], lang="zh")),
+        ("https://www.valley-gazette.example/studio", page("The studio", arts[3])),
+        ("https://mirror.example/painter-copy", page("The painter", near, noise=3)),  # near
+        ("https://www.valley-gazette.example/placeholder", page("Placeholder", lorem)),
+    ]
+    write_warc(folder / "CC-MAIN-a.warc.gz", a, date="2024-03-01T12:00:00Z")
+    write_warc(folder / "CC-MAIN-b.warc.gz", b, date="2024-03-02T08:30:00Z")
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("# test list\ncontent-farm.example\n")
+    masked = [*arts[2][:-1], "Readers can write to [email] or to [email]; the server at [ip] answers them all."]
+    return WebCorpus(
+        folder=folder,
+        bodies=["\n".join(x) for x in (arts[0], arts[1], masked, arts[3])],
+        counts={
+            "documents_read": 12, "documents_kept": 4, "records_skipped": 6, "filtered_url": 2,
+            "filtered_language": 3, "filtered_quality": 1, "exact_duplicates": 1, "near_duplicates": 1,
+            "bad_records": 0, "pii_emails": 2, "pii_ips": 1, "contaminated": 0,
+        },
+        languages={"en": 7, "fr": 1, "de": 1, "zh": 1},
+        blocked={"content-farm.example": 1, "pornhub.com": 1},
+        emails=emails,
+        blocklist=blocklist,
+    )

@@ -1,11 +1,16 @@
-"""Acceptance 6: each bad input is one clear line on stderr, exit status 2, and no output folder left behind;
-invalid UTF-8 is replaced and counted, never a crash."""
+"""Acceptance 6 (and issue 17's 5): each bad input is one clear line on stderr, exit status 2, and no output folder
+left behind; invalid UTF-8 is replaced and counted, never a crash; a bad WARC record is one warning line and
+counted, and the run goes on."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +82,7 @@ def test_empty_folder_missing_input_unknown_dataset_and_no_input(
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     cases = [
-        (["--input", str(tmp_path / "empty")], "holds no *.txt, *.jsonl, *.txt.gz, *.jsonl.gz files"),
+        (["--input", str(tmp_path / "empty")], "holds no *.txt, *.jsonl, *.txt.gz, *.jsonl.gz, *.warc, *.warc.gz, *.wet, *.wet.gz, *.parquet files"),
         (["--input", str(tmp_path / "nope.txt")], "nope.txt does not exist; pass existing files or folders"),
         (["--dataset", "no-such-set"], "unknown asset 'no-such-set'"),
         ([], "no input: pass --input FILE_OR_FOLDER... or --dataset NAME"),
@@ -148,4 +153,98 @@ def test_tokenizer_training_on_empty_or_too_little_text_is_refused(tmp_path: Pat
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: the training text allows only (\d+) tokens \(no pair is left to merge\), not "
                         r"vocab_size 300; give more text or ask for --vocab-size \1 or less\n", err), err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- web inputs
+
+
+def _warc_response(url: str, body: bytes, content_type: bytes = b"text/html; charset=utf-8",
+                   status: bytes = b"HTTP/1.1 200 OK") -> bytes:
+    """One gzipped WARC response record, written by hand so that its HTTP header can be broken."""
+    http = status + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body
+    head = (b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: " + url.encode() + b"\r\n"
+            b"WARC-Date: 2024-03-01T12:00:00Z\r\nWARC-Record-ID: <urn:uuid:" + url.encode()[-12:] + b">\r\n"
+            b"Content-Type: application/http; msgtype=response\r\nContent-Length: " + str(len(http)).encode()
+            + b"\r\n\r\n")
+    return gzip.compress(head + http + b"\r\n\r\n")
+
+
+def _html(text: str) -> bytes:
+    return f"<html><body><article><p>{text}</p><p>Written for the tests of the WARC reader.</p></article></body></html>".encode()
+
+
+def test_bad_warc_records_are_counted_and_named_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken HTTP header, an unknown charset and a truncated last record: each one warning line naming the
+    record, counted under its reason; the good pages (one in cp1252, declared) are kept."""
+    topics = ["Rivers carry silt down from the hills and build wide plains where farmers settle.",
+              "The lighthouse keeper climbed the stairs every evening to trim the wick and wind the clock.",
+              "Bees return to the hive and dance to tell the others where the flowers are blooming."]
+    good = [_warc_response(f"http://a.example/{i}", _html(f"{t} {GOOD}")) for i, t in enumerate(topics)]
+    latin = _warc_response("http://a.example/latin", _html("Café crème, déjà vu: " + GOOD).decode().encode("cp1252"),
+                           b"text/html; charset=windows-1252")
+    broken = _warc_response("http://a.example/broken", _html(GOOD), status=b"GARBAGE 200 NOT-HTTP")
+    unknown = _warc_response("http://a.example/klingon", _html("x " + GOOD), b"text/html; charset=x-klingon-9")
+    last = _warc_response("http://a.example/last", _html("last " + GOOD))
+    src = tmp_path / "crawl.warc.gz"
+    src.write_bytes(good[0] + broken + latin + good[1] + unknown + good[2] + last[: len(last) // 2])
+    out = tmp_path / "out"
+    code, err = _prepare(capsys, out, "--input", str(src), "--val-fraction", "0", "--min-chars", "50")
+    assert code == 0, err
+    lines = err.strip().split("\n")
+    assert len(lines) == 3 and all(line.startswith("warning: skipped a bad record (") for line in lines), err
+    assert "(broken http header): " in lines[0] and "crawl.warc.gz record 2" in lines[0]
+    assert "(unknown encoding): " in lines[1] and "declares charset 'x-klingon-9'" in lines[1]
+    assert "(truncated): " in lines[2] and "record 7" in lines[2]
+    report = read_manifest(out)["report"]
+    assert report["bad_records"] == 3 and report["documents_kept"] == 4, report
+    assert report["bad_record_reasons"] == {"broken_http_header": 1, "truncated": 1, "unknown_encoding": 1,
+                                            "too_large": 0}
+    text = shard_tokenizer(out).decode(read_split(out, "train").tolist())
+    assert "Café crème, déjà vu" in text and "\ufffd" not in text
+
+
+def test_truncated_warc_anywhere_never_crashes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cut at every 97th byte, gzipped and plain: the records before the cut are read, the rest is one bad
+    record (or nothing, when the cut falls between records)."""
+    from scratchlm.data.web import warc_records
+
+    records = [_warc_response(f"http://a.example/{i}", _html(f"{i} {GOOD}")) for i in range(3)]
+    for data in (b"".join(records), b"".join(gzip.decompress(r) for r in records)):
+        for cut in range(0, len(data), 97):
+            got = list(warc_records(io.BytesIO(data[:cut])))
+            assert [k for k, *_ in got[:-1]] == ["html"] * (len(got) - 1) and len(got) <= 3
+            assert not got or got[-1][0] == "html" or got[-1][4] == "truncated", (cut, got[-1])
+
+
+def test_parquet_without_the_text_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"content": [GOOD], "url": ["http://a.example/"]}), src)
+    out = tmp_path / "out"
+    code, err = _prepare(capsys, out, "--input", str(src))
+    assert code == 2
+    assert re.search(r"rows.parquet has no column 'text' \(columns: content, url\); pass the column that holds the "
+                     r"text with --text-field", _one_error_line(err)), err
+    assert not out.exists()
+    pq.write_table(pa.table({"text": [1, 2]}), src)
+    code, err = _prepare(capsys, out, "--input", str(src))
+    assert code == 2 and "column 'text' holds int64, not strings" in _one_error_line(err)
+    assert not out.exists()
+
+
+def test_ray_asked_for_but_not_installed(tmp_path: Path) -> None:
+    """`sys.modules['ray'] = None` makes `import ray` fail as if it were not installed."""
+    src = tmp_path / "a.txt"
+    src.write_text(GOOD)
+    out = tmp_path / "out"
+    code = ("import sys; sys.modules['ray'] = None; from scratchlm.cli.main import main; "
+            f"sys.exit(main(['data', 'prepare', '--input', {str(src)!r}, '--out', {str(out)!r}, '--executor', 'ray']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: --executor ray needs the ray package, which is not installed; "
+                           "pip install -e \".[ray]\" (or pip install ray)\n")
     assert not out.exists()

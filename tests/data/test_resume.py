@@ -44,7 +44,7 @@ _KILLER = textwrap.dedent(
 
 def _args(planted, out: Path, workers: int) -> list[str]:
     return ["data", "prepare", "--input", str(planted.folder), "--out", str(out), "--split-docs",
-            "--shard-tokens", "6000", "--val-fraction", "0.1", "--workers", str(workers)]
+            "--shard-tokens", "6000", "--val-fraction", "0.1", "--workers", str(workers), "--metadata"]
 
 
 def test_sigkill_after_first_shard_then_rerun_equals_uninterrupted(planted, tmp_path: Path) -> None:
@@ -72,3 +72,4 @@ def test_sigkill_after_first_shard_then_rerun_equals_uninterrupted(planted, tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
     for entry in expected["shards"]["train"] + expected["shards"]["val"]:
         assert (out / entry["file"]).read_bytes() == (ref / entry["file"]).read_bytes()
+        assert (out / entry["metadata"]).read_bytes() == (ref / entry["metadata"]).read_bytes()  # sidecars too

@@ -18,7 +18,7 @@ from scratchlm.fs import check_out_dir, is_shard_folder
 def prepare(argv: list[str], prog: str) -> int:
     cfg = parse(PrepareConfig, argv, prog)
     # what is read: the inputs, a tokenizer given as a path, evaluation texts given as files
-    inputs = [*cfg.input, *(p for p in (cfg.tokenizer, *cfg.decontaminate) if Path(p).exists())]
+    inputs = [*cfg.input, *cfg.url_blocklist, *(p for p in (cfg.tokenizer, *cfg.decontaminate) if Path(p).exists())]
     check_out_dir(cfg.out, is_shard_folder, "scratchlm shards", inputs)
     manifest = run_prepare(cfg)
     print(format_report(manifest))

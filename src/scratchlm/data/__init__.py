@@ -6,9 +6,10 @@
     loader = TokenLoader("data/shakespeare", "train", batch_size=8, context_length=256, seed=0)
     ids, targets = next(loader)          # LongTensors (B, T)
 
-Modules: `inputs` (files -> raw documents), `clean` (normalisation, quality filters), `ngrams` (word hashes),
-`dedup` (exact + MinHash/LSH), `decontaminate` (eval-set n-grams), `shards` (file format, manifest), `prepare`
-(the pipeline), `loader` (batches), `finetune` (finetuning datasets). Names are imported lazily so that the
+Modules: `inputs` (files -> raw documents), `web` (WARC records, HTML -> text), `clean` (normalisation, quality
+filters), `filters` (URL, language, C4 lines, PII), `ngrams` (word hashes), `dedup` (exact + MinHash/LSH),
+`decontaminate` (eval-set n-grams), `process` (the per-document work), `shards` (file format, manifest), `prepare`
+(the pipeline), `ray_exec` (the pipeline on Ray), `loader` (batches), `finetune` (finetuning datasets). Names are imported lazily so that the
 preparation workers never load torch.
 """
 

@@ -17,7 +17,8 @@ follow the spirit of the Gopher rules (Rae et al. 2021) but are deliberately mil
 - `repeated_lines`: more than `max_repeated_line_fraction` of the non-empty lines repeat an earlier line
   (navigation menus, boilerplate; Tiny Shakespeare, with its speaker names, scores 0.22);
 - `repeated_ngrams`: more than `max_repeated_ngram_fraction` of the word n-grams (`repeated_ngram_size`, default 5)
-  repeat an earlier n-gram of the same document (spam, generated loops; ordinary prose scores below 0.05).
+  repeat an earlier n-gram of the same document (spam, generated loops; ordinary prose scores below 0.05);
+- `lorem_ipsum` (off unless `drop_lorem_ipsum`): the document contains "lorem ipsum", placeholder text (C4's rule).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING = re.compile("[ \t]+\n")
 _BLANKS = re.compile("\n{3,}")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_LOREM = re.compile("lorem ipsum", re.IGNORECASE)
 _SUSPECT = re.compile(  # any character that one of the rewrites below would change
     "[\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 )
@@ -69,9 +71,10 @@ class QualityConfig:
     max_repeated_line_fraction: float = 0.3
     max_repeated_ngram_fraction: float = 0.2
     repeated_ngram_size: int = 5
+    drop_lorem_ipsum: bool = False
 
 
-REASONS = ("empty", "too_short", "low_alpha", "repeated_lines", "repeated_ngrams")
+REASONS = ("empty", "too_short", "low_alpha", "repeated_lines", "repeated_ngrams", "lorem_ipsum")
 """Every reason `quality_reason` can give, in the order they are checked."""
 
 
@@ -125,4 +128,6 @@ def quality_reason(text: str, words: np.ndarray, cfg: QualityConfig, grams: np.n
             grams = ngram_hashes(words, cfg.repeated_ngram_size)
         if repeated_ngram_fraction(grams) > cfg.max_repeated_ngram_fraction:
             return "repeated_ngrams"
+    if cfg.drop_lorem_ipsum and _LOREM.search(text):
+        return "lorem_ipsum"
     return None

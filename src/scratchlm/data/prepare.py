@@ -2,8 +2,12 @@
 
 The pipeline, per document, in input order:
 
-    read (parent)  ->  decode, clean, quality filters, word hashes, MinHash, 13-gram check, tokenize (workers)
+    read (parent)  ->  decode, clean, quality filters, word hashes, MinHash, 13-gram check, tokenize (workers,
+                       `process.py`; web pages: extraction, language, URL, line and PII filters too)
                    ->  exact dedup, near dedup, contamination verdict, train/val split, shard writing (parent)
+
+With `--executor ray` the worker part runs as Ray actors and the two dedup steps as a distributed step over all
+documents before the parent writes (`ray_exec.py`); the output is the same.
 
 Decisions:
 - Work that needs no other document (everything up to tokenization) runs in `workers` processes on chunks of
@@ -49,27 +53,39 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from scratchlm import assets
 from scratchlm import tokenizer as tokenizers
 from scratchlm.data import shards
-from scratchlm.data.clean import REASONS, QualityConfig, normalize, quality_reason
+from scratchlm.data.clean import REASONS, QualityConfig
 from scratchlm.data.decontaminate import EvalNgrams, resolve_eval_set
-from scratchlm.data.dedup import HashIndex, MinHasher, NearDupIndex, exact_key
-from scratchlm.data.inputs import JSON, InputFile, RawDoc, json_text, read_documents, resolve_inputs
-from scratchlm.data.ngrams import ngram_hashes, word_hashes
+from scratchlm.data.dedup import HashIndex, NearDupIndex
+from scratchlm.data.filters import LINE_RULES, check_languages, domain_of, load_blocklist
+from scratchlm.data.inputs import InputFile, RawDoc, read_documents, resolve_inputs
+from scratchlm.data.process import (
+    BAD_RECORD,
+    ERROR,
+    EXACT,
+    LANG,
+    NEAR,
+    NOT_PAGE,
+    QUALITY,
+    URL,
+    DocProcessor,
+    chunks,
+)
+from scratchlm.data.web import BAD_REASONS
 from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.fs import atomic_dir, atomic_path, atomic_write_text, ensure_writable_dir, fsync_dir
 
 PROGRESS_DIR = ".progress"
+META_SUFFIX = ".meta.jsonl"
 TOKENIZER_FILE = "tokenizer.json"
 STATE_VERSION = 1
-_CHUNK_BYTES = 256 << 10
-_CHUNK_DOCS = 512
 AUTO_VAL_BYTES = 1 << 20
 """An unset --val-fraction aims at this much validation text (within 1% to 10% of the input)."""
 _SMALL_INPUT = 2 << 20
@@ -83,13 +99,18 @@ class PrepareConfig:
     out: Path
     """Output folder for the shards and manifest.json; an interrupted run in it is resumed."""
     input: tuple[Path, ...] = ()
-    """Input files or folders (.txt, .jsonl and their .gz forms; folders are searched recursively)."""
+    """Input files or folders (.txt, .jsonl and their .gz forms, .warc/.warc.gz/.wet.gz, .parquet; folders are
+    searched recursively)."""
     dataset: tuple[str, ...] = ()
     """Named datasets to use as input (e.g. tinyshakespeare, wikitext-2-valid; `scratchlm fetch --list`)."""
+    hf_dataset: tuple[str, ...] = ()
+    """Hugging Face datasets to stream as input (a hub name, needs the network, or a local folder of parquet files)."""
+    hf_split: str = "train"
+    """Split of --hf-dataset to read."""
     tokenizer: str = "gpt2"
     """Tokenizer: gpt2, a tokenizer JSON file or a checkpoint folder."""
     text_field: str = "text"
-    """Field of each JSONL record that holds the text."""
+    """Field of each JSONL record (column of a parquet file or Hugging Face dataset) that holds the text."""
     split_docs: bool = False
     """Cut text files into documents at blank lines, joining blocks shorter than --min-chars with the next ones
     (default: one file, one document)."""
@@ -100,7 +121,12 @@ class PrepareConfig:
     shard_tokens: int = 50_000_000
     """Tokens per shard file (the last shard of a split may be shorter)."""
     workers: int = 0
-    """Worker processes for cleaning and tokenizing (0: all cores)."""
+    """Worker processes (or Ray actors) for cleaning and tokenizing (0: all cores; with Ray: the cluster's CPUs)."""
+    executor: Literal["local", "ray"] = "local"
+    """Where the per-document work and the de-duplication run: local worker processes, or a Ray cluster (needs
+    pip install -e ".[ray]"). Both write the same shards and manifest."""
+    ray_address: str = ""
+    """Ray cluster to join (e.g. ray://head:10001 or auto); empty starts a local Ray with --workers CPUs."""
     max_document_mb: float = 8.0
     """Largest document accepted, in MiB (a larger one is an error: use --split-docs or JSONL)."""
     min_chars: int = 100
@@ -113,6 +139,29 @@ class PrepareConfig:
     """Quality: drop documents where more than this share of word n-grams repeat an earlier one (1 disables)."""
     repeated_ngram_size: int = 5
     """Words per n-gram for the repeated-n-gram filter."""
+    drop_lorem_ipsum: bool = False
+    """Quality (C4): drop documents that contain "lorem ipsum"."""
+    languages: tuple[str, ...] = ()
+    """Keep only documents identified (py3langid) as one of these ISO 639-1 languages, e.g. en fr (empty: no
+    language identification)."""
+    language_threshold: float = 0.65
+    """Least probability of the identified language for a document to count as that language (FineWeb: 0.65)."""
+    url_blocklist: tuple[Path, ...] = ()
+    """Files of blocked domains (one a line, # comments), added to the shipped list; documents with a URL on a
+    listed domain or its sub-domains are dropped."""
+    builtin_url_blocklist: bool = True
+    """Block the domains of the small list shipped with scratchlm (resources/url_blocklist.txt)."""
+    line_terminal_punct: bool = False
+    """Lines (C4): remove lines that do not end in terminal punctuation (. ! ? or a closing quote)."""
+    min_line_words: int = 0
+    """Lines (C4: 5): remove lines with fewer words than this (0 disables)."""
+    drop_notice_lines: bool = False
+    """Lines (C4): remove lines mentioning javascript or a cookie, privacy-policy or terms-of-use notice."""
+    mask_pii: bool = False
+    """Replace e-mail addresses with [email] and IPv4 addresses with [ip] (counted in the report)."""
+    metadata: bool = False
+    """Write a sidecar train_000000.meta.jsonl per shard: each document's start token, token count, URL and
+    date."""
     exact_dedup: bool = True
     """Drop exact duplicates (same cleaned text)."""
     near_dedup: bool = True
@@ -145,6 +194,9 @@ class PrepareConfig:
             (self.shingle_size >= 1, "shingle_size must be >= 1"),
             (1 <= self.lsh_bands <= self.minhash_perms, "lsh_bands must be between 1 and minhash_perms"),
             (self.decontaminate_ngram >= 1, "decontaminate_ngram must be >= 1"),
+            (0 <= self.language_threshold <= 1, "language_threshold must be in [0, 1]"),
+            (self.min_line_words >= 0, "min_line_words must be >= 0"),
+            (self.executor in ("local", "ray"), "executor must be local or ray"),
         ]
         for ok, message in checks:
             if not ok:
@@ -152,6 +204,10 @@ class PrepareConfig:
         self.out = Path(self.out)
         self.input = tuple(Path(p) for p in self.input)
         self.dataset = tuple(self.dataset)
+        self.hf_dataset = tuple(self.hf_dataset)
+        self.languages = tuple(sorted({code.strip().lower() for item in self.languages for code in item.split(",")
+                                       if code.strip()}))
+        self.url_blocklist = tuple(Path(p) for p in self.url_blocklist)
         self.decontaminate = tuple(d for d in self.decontaminate if d.lower() != "none")
 
     @property
@@ -162,89 +218,21 @@ class PrepareConfig:
             self.max_repeated_line_fraction,
             self.max_repeated_ngram_fraction,
             self.repeated_ngram_size,
+            self.drop_lorem_ipsum,
         )
 
 
-# ------------------------------------------------------------------------------------------------ worker side
-
-_KEEP, _QUALITY, _ERROR = 0, 1, 2
-
-
-class DocProcessor:
-    """Everything that looks at one document alone; runs in the worker processes (or in-process for 1 worker)."""
-
-    def __init__(self, settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams) -> None:
-        self.s = settings
-        self.quality = QualityConfig(**{f.name: settings[f.name] for f in dataclasses.fields(QualityConfig)})
-        self.tokenizer = tokenizers.from_dict(tokenizer_dict)
-        self.separator = list(settings["separator"])
-        self.dtype = np.dtype(settings["dtype"])
-        self.eval_table = eval_table
-        self.minhasher = (
-            MinHasher(settings["minhash_perms"], settings["lsh_bands"], settings["shingle_size"])
-            if settings["near_dedup"]
-            else None
-        )
-
-    def process(self, chunk: list[RawDoc]) -> list[tuple]:
-        return [self.process_one(doc) for doc in chunk]
-
-    def process_one(self, doc: RawDoc) -> tuple:
-        try:
-            text = doc.data.decode("utf-8")
-            invalid = 0
-        except UnicodeDecodeError:
-            text = doc.data.decode("utf-8", errors="replace")
-            invalid = 1
-        if doc.kind == JSON:
-            try:
-                text = json_text(text, self.s["text_field"], doc.where)
-            except ScratchlmError as e:
-                return (_ERROR, str(e))
-            if _has_surrogates(text):  # JSON escapes can spell lone surrogates, which are not encodable text
-                text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
-                invalid = 1
-        text = normalize(text)
-        words = word_hashes(text)  # (W,) uint64, shared by the filters below
-        q = self.quality
-        grams = ngram_hashes(words, q.repeated_ngram_size) if q.max_repeated_ngram_fraction < 1 and text else None
-        reason = quality_reason(text, words, q, grams)
-        if reason is not None:
-            return (_QUALITY, len(doc.data), invalid, REASONS.index(reason))
-        bands = sig16 = None
-        if self.minhasher is not None:
-            same = grams is not None and grams.size and q.repeated_ngram_size == self.minhasher.shingle_size
-            shingles = grams if same else ngram_hashes(words, self.minhasher.shingle_size, short=True)
-            signature = self.minhasher.signature_of_shingles(shingles)
-            if signature is not None:
-                bands = self.minhasher.band_keys(signature)
-                sig16 = signature.astype(np.uint16)  # low 16 bits (b-bit MinHash, see dedup.py)
-        contaminated = self.eval_table.contains_any(words)
-        tokens = None
-        if not contaminated:
-            ids = self.tokenizer.encode_ordinary(text)
-            ids.extend(self.separator)
-            tokens = np.array(ids, dtype=self.dtype)
-        clean_bytes = len(text.encode("utf-8"))
-        return (_KEEP, len(doc.data), invalid, exact_key(text), bands, sig16, contaminated, tokens, clean_bytes)
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
+# ------------------------------------------------------------------------------------------------ worker pool
 
 _worker: DocProcessor | None = None
 
 
 def _init_worker(
-    settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, main_pid: int
+    settings: dict[str, Any], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, blocklist: list[str],
+    main_pid: int,
 ) -> None:
     global _worker
-    _worker = DocProcessor(settings, tokenizer_dict, eval_table)
+    _worker = DocProcessor(settings, tokenizer_dict, eval_table, blocklist)
     threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
 
 
@@ -268,43 +256,46 @@ def _process_chunk(chunk: list[RawDoc]) -> list[tuple]:
     return _worker.process(chunk)
 
 
-def _chunks(docs: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
-    chunk: list[RawDoc] = []
-    size = 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc.data)
-        if size >= _CHUNK_BYTES or len(chunk) >= _CHUNK_DOCS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 # ------------------------------------------------------------------------------------------------ shard writing
 
 
 class SplitWriter:
     """Streams one split's tokens into shard files of `shard_tokens` tokens (see the module docstring)."""
 
-    def __init__(self, out: Path, split: str, dtype: np.dtype, vocab_size: int, shard_tokens: int) -> None:
+    def __init__(
+        self, out: Path, split: str, dtype: np.dtype, vocab_size: int, shard_tokens: int, metadata: bool = False
+    ) -> None:
         self.out, self.split, self.dtype = out, split, np.dtype(dtype)
         self.vocab_size, self.shard_tokens = vocab_size, shard_tokens
+        self.metadata = metadata
         self.shards: list[dict[str, Any]] = []
         self.index = self.tokens = self.documents = 0
         self._file: Any = None
+        self._meta: Any = None
 
     @property
     def _partial(self) -> Path:
         return self.out / (shards.shard_name(self.split, self.index) + ".partial")
 
+    @property
+    def _meta_name(self) -> str:
+        return shards.shard_name(self.split, self.index).removesuffix(".bin") + META_SUFFIX
+
     def _open(self) -> None:
         self._file = open(self._partial, "w+b")  # read too: `pop_tail` moves a tail to validation
         self._file.write(shards.pack_header(0, self.vocab_size, self.dtype))  # the count is filled in at the end
+        if self.metadata:
+            self._meta = open(self.out / (self._meta_name + ".partial"), "wb")
 
-    def write(self, tokens: np.ndarray) -> bool:
-        """Append one document's tokens (they may span shards); True if a shard was completed."""
+    def write(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> bool:
+        """Append one document's tokens (they may span shards); True if a shard was completed. With `metadata`,
+        `meta` (url, date) goes to the sidecar of the shard where the document starts."""
         completed, pos = False, 0
+        if self.metadata:
+            if self._file is None:
+                self._open()
+            line = {"start": self.tokens, "tokens": int(tokens.size), **(meta or {})}
+            self._meta.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
         while pos < tokens.size:
             if self._file is None:
                 self._open()
@@ -329,9 +320,17 @@ class SplitWriter:
         self._file = None
         final = self.out / shards.shard_name(self.split, self.index)
         sha = _sha256(self._partial)
+        entry = {"file": final.name, "tokens": self.tokens, "documents": self.documents, "sha256": sha}
+        if self._meta is not None:  # the sidecar first: a listed shard always has its sidecar
+            self._meta.flush()
+            os.fsync(self._meta.fileno())
+            self._meta.close()
+            self._meta = None
+            os.replace(self.out / (self._meta_name + ".partial"), self.out / self._meta_name)
+            entry["metadata"] = self._meta_name
         os.replace(self._partial, final)
         fsync_dir(self.out)
-        self.shards.append({"file": final.name, "tokens": self.tokens, "documents": self.documents, "sha256": sha})
+        self.shards.append(entry)
         self.index += 1
         self.tokens = self.documents = 0
 
@@ -355,17 +354,22 @@ class SplitWriter:
         return tail
 
     def sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        for f in (self._file, self._meta):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in (self._file, self._meta):
+            if f is not None:
+                f.close()
+        self._file = self._meta = None
 
     def state(self) -> dict[str, Any]:
-        return {"shards": self.shards, "index": self.index, "tokens": self.tokens, "documents": self.documents}
+        state = {"shards": self.shards, "index": self.index, "tokens": self.tokens, "documents": self.documents}
+        if self.metadata:
+            state["meta_bytes"] = self._meta.tell() if self._meta is not None else 0
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Back to a checkpoint: truncate the partial shard to its recorded length (see the module docstring)."""
@@ -378,8 +382,8 @@ class SplitWriter:
                 )
         final = self.out / shards.shard_name(self.split, self.index)
         if self.tokens == 0:
-            self._partial.unlink(missing_ok=True)
-            final.unlink(missing_ok=True)
+            for p in (self._partial, final, self.out / self._meta_name, self.out / (self._meta_name + ".partial")):
+                p.unlink(missing_ok=True)
             return
         if not self._partial.exists() and final.exists():
             os.replace(final, self._partial)  # crashed between completing this shard and recording it
@@ -398,6 +402,13 @@ class SplitWriter:
         self._file.truncate(size)
         self._file.seek(size)
         final.unlink(missing_ok=True)
+        if self.metadata:
+            meta_partial = self.out / (self._meta_name + ".partial")
+            if not meta_partial.exists() and (self.out / self._meta_name).exists():
+                os.replace(self.out / self._meta_name, meta_partial)
+            self._meta = open(meta_partial, "r+b" if meta_partial.exists() else "w+b")
+            self._meta.truncate(state.get("meta_bytes", 0))
+            self._meta.seek(state.get("meta_bytes", 0))
 
 
 def _sha256(path: Path) -> str:
@@ -425,7 +436,17 @@ _COUNTERS = (
     "tokens_train",
     "tokens_val",
     "val_tail",
+    "records_skipped",
+    "bad_records",
+    "filtered_url",
+    "filtered_language",
+    "pii_emails",
+    "pii_ips",
 )
+_TOP_DOMAINS = 50
+"""The report lists this many domains by documents read (all are counted; `distinct_domains` says how many)."""
+_SHOWN_BAD = 5
+"""Bad records named on stderr per reason (all are counted)."""
 
 
 class _Run:
@@ -436,13 +457,18 @@ class _Run:
         self.progress_dir = out / PROGRESS_DIR
         dtype = np.dtype(settings["dtype"])
         vocab = header["tokenizer"]["vocab_size"]
-        self.writers = {s: SplitWriter(out, s, dtype, vocab, cfg.shard_tokens) for s in shards.SPLITS}
+        self.writers = {s: SplitWriter(out, s, dtype, vocab, cfg.shard_tokens, cfg.metadata) for s in shards.SPLITS}
         self.report: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
         self.reasons = dict.fromkeys(REASONS, 0)
+        self.web: dict[str, Any] = _empty_web()
+        self.executor = cfg.executor
+        # the Ray executor de-duplicates globally before any document is written (`ray_exec.py`)
+        self.global_dedup = cfg.executor == "ray"
+        self.last_meta: dict[str, Any] | None = None
         self.docs_consumed = 0
         self.last_doc_tokens = 0  # the newest kept document's tokens: `hold_out_tail` may split it
-        self.exact = HashIndex() if cfg.exact_dedup else None
-        self.near = NearDupIndex(cfg.minhash_perms, cfg.near_threshold) if cfg.near_dedup else None
+        self.exact = HashIndex() if cfg.exact_dedup and not self.global_dedup else None
+        self.near = NearDupIndex(cfg.minhash_perms, cfg.near_threshold) if cfg.near_dedup and not self.global_dedup else None
         self.deltas: list[str] = []
         self._pending_exact: list[int] = []
         self._pending_bands: list[np.ndarray] = []
@@ -475,13 +501,22 @@ class _Run:
             "last_doc_tokens": self.last_doc_tokens,
             "report": self.report,
             "reasons": self.reasons,
+            "web": self.web,
+            "executor": self.executor,
             "writers": {s: w.state() for s, w in self.writers.items()},
             "deltas": self.deltas,
         }
         atomic_write_text(self.progress_dir / "state.json", json.dumps(state, indent=1) + "\n", what="progress file")
 
     def restore(self, state: dict[str, Any]) -> None:
+        started = state.get("executor", "local")
+        if started != self.executor and state["docs_consumed"]:
+            raise ScratchlmError(
+                f"{self.out} was started with --executor {started} (its de-duplication state is of that kind); "
+                f"finish it with --executor {started}, or delete the folder to start over"
+            )
         self.docs_consumed = state["docs_consumed"]
+        self.web.update(state.get("web", {}))
         self.last_doc_tokens = state.get("last_doc_tokens", 0)
         self.report.update(state["report"])
         self.reasons.update(state["reasons"])
@@ -499,32 +534,74 @@ class _Run:
         for p in self.progress_dir.iterdir():  # files of a checkpoint that never committed
             if p.name not in keep:
                 p.unlink()
-        listed = {s["file"] for w in self.writers.values() for s in w.shards}
-        listed |= {shards.shard_name(s, w.index) + ".partial" for s, w in self.writers.items() if w.tokens}
-        for p in self.out.glob("*.bin*"):
+        listed = {s.get(k) for w in self.writers.values() for s in w.shards for k in ("file", "metadata")}
+        for s, w in self.writers.items():
+            if w.tokens:
+                listed |= {shards.shard_name(s, w.index) + ".partial", w._meta_name + ".partial"}
+        for p in [*self.out.glob("*.bin*"), *self.out.glob(f"*{META_SUFFIX}*")]:
             if p.name not in listed:
                 p.unlink()
 
     # ---- consuming results ----------------------------------------------------------------------------------
     def consume(self, result: tuple) -> None:
-        if result[0] == _ERROR:
+        status = result[0]
+        if status == ERROR:
             raise ScratchlmError(result[1])
+        self.docs_consumed += 1
+        if status == NOT_PAGE:
+            self.report["records_skipped"] += 1
+            return
         rep = self.report
         rep["documents_read"] += 1
         rep["bytes_read"] += result[1]
         rep["invalid_utf8"] += result[2]
+        meta = result[3]
+        if meta is not None:
+            self._count_meta(meta)
         completed = False
-        if result[0] == _QUALITY:
+        if status == QUALITY:
             rep["filtered_quality"] += 1
-            self.reasons[REASONS[result[3]]] += 1
+            self.reasons[REASONS[result[4]]] += 1
+        elif status == BAD_RECORD:
+            self._bad_record(BAD_REASONS[result[4]], result[5])
+        elif status == URL:
+            rep["filtered_url"] += 1
+            blocked = self.web["blocked_domains"]
+            blocked[result[4]] = blocked.get(result[4], 0) + 1
+        elif status == LANG:
+            rep["filtered_language"] += 1
         else:
-            completed = self._dedup_and_write(*result[3:])
-        self.docs_consumed += 1
+            completed = self._dedup_and_write(status, meta, *result[4:])
         if completed:
             self.checkpoint()
 
+    def _count_meta(self, meta: tuple) -> None:
+        url, date, lang, lines, _ = meta
+        web = self.web
+        if url:
+            domain = domain_of(url) or "(none)"
+            web["domains"][domain] = web["domains"].get(domain, 0) + 1
+        if date:
+            web["first_date"] = min(web["first_date"] or date, date)
+            web["last_date"] = max(web["last_date"] or date, date)
+        if lang is not None:  # identified (documents dropped before identification have none)
+            web["languages"][lang] = web["languages"].get(lang, 0) + 1
+        if lines is not None:
+            for rule, n in zip(LINE_RULES, lines):
+                web["lines_removed"][rule] += n
+
+    def _bad_record(self, reason: str, where: str) -> None:
+        self.report["bad_records"] += 1
+        counts = self.web["bad_record_reasons"]
+        counts[reason] += 1
+        if counts[reason] <= _SHOWN_BAD:
+            more = " (further ones are counted, not shown)" if counts[reason] == _SHOWN_BAD else ""
+            print(f"warning: skipped a bad record ({reason.replace('_', ' ')}): {where}{more}", file=sys.stderr)
+
     def _dedup_and_write(
         self,
+        status: int,
+        meta: tuple | None,
         key: int,
         bands: np.ndarray | None,
         sig16: np.ndarray | None,
@@ -533,6 +610,9 @@ class _Run:
         clean_bytes: int,
     ) -> bool:
         rep = self.report
+        if status == EXACT:
+            rep["exact_duplicates"] += 1
+            return False
         if self.exact is not None:
             keys = np.array([key], dtype=np.uint64)
             if self.exact.lookup(keys)[0] >= 0:
@@ -540,6 +620,9 @@ class _Run:
                 return False
             self.exact.insert(keys)
             self._pending_exact.append(key)
+        if status == NEAR:
+            rep["near_duplicates"] += 1
+            return False
         if self.near is not None and bands is not None:
             if self.near.is_duplicate(bands, sig16):
                 rep["near_duplicates"] += 1
@@ -557,8 +640,15 @@ class _Run:
         rep["bytes_kept"] += clean_bytes
         rep[f"documents_{split}"] += 1
         rep[f"tokens_{split}"] += int(tokens.size)
+        if meta is not None and meta[4] is not None:  # addresses masked in the documents that are kept
+            rep["pii_emails"] += meta[4][0]
+            rep["pii_ips"] += meta[4][1]
         self.last_doc_tokens = int(tokens.size)
-        return self.writers[split].write(tokens)
+        doc_meta = None
+        if self.cfg.metadata:
+            doc_meta = {"url": meta[0], "date": meta[1]} if meta is not None else {}
+            self.last_meta = doc_meta
+        return self.writers[split].write(tokens, doc_meta)
 
     def hold_out_tail(self) -> None:
         """No kept document fell to validation (fewer than 1/f of them, e.g. one large text file): the last
@@ -572,7 +662,7 @@ class _Run:
         if k < max(2, len(sep) + 1):
             return  # nothing to split off (a tiny input): the report says there is no validation split
         tail = train.pop_tail(k, sep)
-        self.writers["val"].write(tail)
+        self.writers["val"].write(tail, self.last_meta)
         rep["tokens_train"] += len(sep) - k
         rep["tokens_val"] += k
         rep["documents_val"] = 1
@@ -580,16 +670,29 @@ class _Run:
 
     # ---- the whole run --------------------------------------------------------------------------------------
     def run(
-        self, files: list[InputFile], tokenizer_dict: dict[str, Any], eval_table: EvalNgrams, progress: bool
+        self,
+        files: list[InputFile],
+        tokenizer_dict: dict[str, Any],
+        eval_table: EvalNgrams,
+        blocklist: list[str],
+        progress: bool,
     ) -> None:
-        docs = read_documents(files, self.cfg.split_docs, int(self.cfg.max_document_mb * 2**20), self.cfg.min_chars)
-        docs = itertools.islice(docs, self.docs_consumed, None)
-        workers = self.cfg.workers or os.cpu_count() or 1
-        if self.cfg.workers == 0 and sum(f.size for f in files) < _SMALL_INPUT:
+        cfg = self.cfg
+        docs = read_documents(files, cfg.split_docs, int(cfg.max_document_mb * 2**20), cfg.min_chars, cfg.text_field)
+        workers = cfg.workers or os.cpu_count() or 1
+        if cfg.workers == 0 and 0 <= sum(f.size for f in files) < _SMALL_INPUT and all(f.size >= 0 for f in files):
             workers = 1
         t0, last = time.monotonic(), time.monotonic()
         start_bytes = self.report["bytes_read"]
-        results = _results(docs, workers, self.settings, tokenizer_dict, eval_table)
+        if self.global_dedup:
+            from scratchlm.data import ray_exec  # Ray is an optional extra: imported only when asked for
+
+            # the global de-duplication needs every document, also those consumed before a resume
+            results = ray_exec.results(docs, self.docs_consumed, cfg, self.settings, tokenizer_dict, eval_table,
+                                       blocklist)
+        else:
+            docs = itertools.islice(docs, self.docs_consumed, None)
+            results = _results(docs, workers, self.settings, tokenizer_dict, eval_table, blocklist)
         try:
             with contextlib.closing(results):  # closing shuts the worker pool down even on an error
                 for result in results:
@@ -616,17 +719,31 @@ class _Run:
         )
 
 
+def _empty_web() -> dict[str, Any]:
+    """The web part of the report: counters by language, domain, rule; kept in the resume state too."""
+    return {
+        "languages": {},
+        "domains": {},
+        "blocked_domains": {},
+        "bad_record_reasons": dict.fromkeys(BAD_REASONS, 0),
+        "lines_removed": dict.fromkeys(LINE_RULES, 0),
+        "first_date": "",
+        "last_date": "",
+    }
+
+
 def _results(
     docs: Iterator[RawDoc],
     workers: int,
     settings: dict[str, Any],
     tokenizer_dict: dict[str, Any],
     eval_table: EvalNgrams,
+    blocklist: list[str],
 ) -> Iterator[tuple]:
     """Per-document results in input order, from `workers` processes (in-process for 1)."""
     if workers <= 1:
-        processor = DocProcessor(settings, tokenizer_dict, eval_table)
-        for chunk in _chunks(docs):
+        processor = DocProcessor(settings, tokenizer_dict, eval_table, blocklist)
+        for chunk in chunks(docs):
             yield from processor.process(chunk)
         return
     # forkserver: workers start from a clean interpreter (no torch threads inherited from a training process)
@@ -635,11 +752,11 @@ def _results(
         workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
-        initargs=(settings, tokenizer_dict, eval_table, os.getpid()),
+        initargs=(settings, tokenizer_dict, eval_table, blocklist, os.getpid()),
     )
     try:
         pending: collections.deque[Future] = collections.deque()
-        for chunk in _chunks(docs):
+        for chunk in chunks(docs):
             pending.append(pool.submit(_process_chunk, chunk))
             if len(pending) >= 2 * workers:  # bounded read-ahead: memory does not grow with the corpus
                 yield from pending.popleft().result()
@@ -661,16 +778,38 @@ def auto_val_fraction(input_bytes: int) -> float:
     return round(min(0.1, max(0.01, AUTO_VAL_BYTES / max(input_bytes, 1))), 4)
 
 
-def _settings(cfg: PrepareConfig, files: list[InputFile], tok: Any, separator: list[int]) -> dict[str, Any]:
+def _settings(
+    cfg: PrepareConfig, files: list[InputFile], tok: Any, separator: list[int], blocklist: list[str]
+) -> dict[str, Any]:
     """Everything that determines the output (not `out`, not `workers`): compared on resume, kept in the manifest."""
     d = to_dict(cfg)
-    for name in ("out", "workers", "tokenizer", "input", "dataset", "decontaminate"):
+    for name in ("out", "workers", "executor", "ray_address", "tokenizer", "input", "dataset", "hf_dataset",
+                 "hf_split", "decontaminate", "url_blocklist"):
         d.pop(name)
-    d["inputs"] = [{"path": str(f.path), "bytes": f.size} for f in files]
+    d["inputs"] = [f.record() for f in files]
+    # the domains themselves decide the output, not the file names: a digest of the sorted list
+    d["url_blocklist"] = {"domains": len(blocklist), "sha256": hashlib.sha256("\n".join(blocklist).encode()).hexdigest()}
     d["decontaminate"] = [n if n in assets.REGISTRY else str(resolve_eval_set(n).resolve()) for n in cfg.decontaminate]
     d["separator"] = separator
     d["dtype"] = shards.dtype_for_vocab(tok.vocab_size).name
     return d
+
+
+_ANY = object()
+_ADDED_SETTINGS = {
+    "drop_lorem_ipsum": False,
+    "languages": [],
+    "language_threshold": _ANY,  # moot without languages
+    "url_blocklist": _ANY,  # moot: such folders were made from inputs without URLs
+    "builtin_url_blocklist": _ANY,
+    "line_terminal_punct": False,
+    "min_line_words": 0,
+    "drop_notice_lines": False,
+    "mask_pii": False,
+    "metadata": False,
+}
+"""Settings added with the web inputs, and what a folder prepared before them implies: such a folder is still
+complete (or resumable) with the same command."""
 
 
 def _refuse_mismatch(out: Path, saved: dict[str, Any], header: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -680,7 +819,12 @@ def _refuse_mismatch(out: Path, saved: dict[str, Any], header: dict[str, Any], s
             f"{out} was prepared with another tokenizer ({have[:19]}..., this one is {want[:19]}...); "
             "use a new --out folder, or delete it to start over"
         )
-    diff = sorted(k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k))
+    before = saved["settings"]
+    diff = sorted(
+        k for k in set(settings) | set(before)
+        if settings.get(k) != before.get(k)
+        and not (k not in before and k in _ADDED_SETTINGS and _ADDED_SETTINGS[k] in (settings[k], _ANY))
+    )
     if diff:
         raise ScratchlmError(
             f"{out} was prepared with different settings ({', '.join(diff)}); use a new --out folder or the same "
@@ -706,11 +850,20 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
                 "this tokenizer has neither <|endoftext|> nor a newline to separate documents; add the special "
                 "token <|endoftext|> to it (e.g. train it with that special token)"
             ) from None
+    if cfg.executor == "ray":
+        from scratchlm.data import ray_exec
+
+        ray_exec.require_ray()
     paths = [*cfg.input, *(assets.fetch(name) for name in cfg.dataset)]
-    files = resolve_inputs(paths, cfg.text_field)
+    files = resolve_inputs(paths, cfg.text_field, cfg.hf_dataset, cfg.hf_split)
+    if cfg.languages:
+        check_languages(cfg.languages)
+    blocklist = load_blocklist(cfg.builtin_url_blocklist, cfg.url_blocklist)
     if cfg.val_fraction is None:  # resolved once, from the input size, and recorded in the manifest's settings
-        cfg = dataclasses.replace(cfg, val_fraction=auto_val_fraction(sum(f.size for f in files)))
-    settings = _settings(cfg, files, tok, separator)
+        # a streamed Hugging Face dataset has no known size: treat it as large (1%)
+        size = sum(f.size for f in files) if all(f.size >= 0 for f in files) else 1 << 40
+        cfg = dataclasses.replace(cfg, val_fraction=auto_val_fraction(size))
+    settings = _settings(cfg, files, tok, separator, blocklist)
     header = {
         "format": shards.MANIFEST_FORMAT,
         "format_version": shards.FORMAT_VERSION,
@@ -751,7 +904,7 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
         else:
             run.checkpoint()  # records the tokenizer at once, so another tokenizer is refused even after a kill
         tok.save(out / TOKENIZER_FILE)  # readers rebuild the exact tokenizer from the folder (shard_tokenizer)
-        run.run(files, tok.to_dict(), eval_table, progress)
+        run.run(files, tok.to_dict(), eval_table, blocklist, progress)
         if run.report["documents_read"] == 0:
             raise ScratchlmError("the input holds no documents (only blank lines); pass files that contain text")
         if run.report["documents_kept"] == 0:
@@ -775,8 +928,9 @@ def prepare(cfg: PrepareConfig, tokenizer: Any | None = None, progress: bool = T
 
 def _drop_summary(run: _Run) -> str:
     rep = run.report
-    parts = [f"{k.replace('_', ' ')} {rep[k]:,}" for k in ("filtered_quality", "exact_duplicates", "near_duplicates",
-                                                          "contaminated") if rep[k]]
+    kinds = ("bad_records", "filtered_url", "filtered_language", "filtered_quality", "exact_duplicates",
+             "near_duplicates", "contaminated")
+    parts = [f"{k.replace('_', ' ')} {rep[k]:,}" for k in kinds if rep[k]]
     return ", ".join(parts) or "none kept"
 
 
@@ -789,8 +943,18 @@ def _manifest(run: _Run) -> dict[str, Any]:
     rep["shards_train"] = len(run.writers["train"].shards)
     rep["shards_val"] = len(run.writers["val"].shards)
     rep["bytes_per_token"] = round(rep["bytes_kept"] / content_tokens, 4) if content_tokens else None
+    web = run.web
+    by_count = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
+    rep["bad_record_reasons"] = dict(web["bad_record_reasons"])
+    rep["languages"] = by_count(web["languages"])
+    rep["distinct_domains"] = len(web["domains"])
+    rep["domains"] = dict(list(by_count(web["domains"]).items())[:_TOP_DOMAINS])
+    rep["blocked_domains"] = by_count(web["blocked_domains"])
+    rep["lines_removed"] = dict(web["lines_removed"])
+    rep["first_date"], rep["last_date"] = web["first_date"], web["last_date"]
     return {
         **run.header,
+        "executor": run.executor,
         "dtype": run.settings["dtype"],
         "separator": run.settings["separator"],
         "shards": {s: w.shards for s, w in run.writers.items()},
@@ -809,6 +973,27 @@ def _val_rule(manifest: dict[str, Any]) -> str:
     return f"{f:.2%} of the kept documents, evenly spread (--val-fraction {f:g})"
 
 
+def _web_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Report rows of the web inputs and filters, only where they did something."""
+    rows = []
+    if rep.get("records_skipped"):
+        rows.append(("WARC records skipped (not pages)", f"{rep['records_skipped']:,}", ""))
+    if rep.get("languages"):
+        top = ", ".join(f"{k} {v:,}" for k, v in list(rep["languages"].items())[:8])
+        rows.append(("languages identified", f"{sum(rep['languages'].values()):,}", top))
+    if rep.get("distinct_domains"):
+        top = ", ".join(f"{k} {v:,}" for k, v in list(rep["domains"].items())[:3])
+        rows.append(("domains", f"{rep['distinct_domains']:,}", top))
+    if any(rep.get("lines_removed", {}).values()):
+        rows.append(("lines removed", f"{sum(rep['lines_removed'].values()):,}",
+                     ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in rep["lines_removed"].items())))
+    if rep.get("pii_emails") or rep.get("pii_ips"):
+        rows.append(("masked e-mails / IPs", f"{rep['pii_emails']:,} / {rep['pii_ips']:,}", ""))
+    if rep.get("first_date"):
+        rows.append(("crawl dates", "", f"{rep['first_date']} to {rep['last_date']}"))
+    return rows
+
+
 def format_report(manifest: dict[str, Any]) -> str:
     """The report as an aligned two-column table (what `scratchlm data prepare` prints)."""
     rep = manifest["report"]
@@ -820,6 +1005,17 @@ def format_report(manifest: dict[str, Any]) -> str:
     rows = [
         ("documents read", f"{rep['documents_read']:,}", ""),
         ("kept", f"{rep['documents_kept']:,}", pct(rep["documents_kept"])),
+        *[
+            (f"dropped: {label}", f"{rep[key]:,}", pct(rep[key]))
+            for key, label in (("bad_records", "bad records"), ("filtered_url", "URL blocklist"),
+                               ("filtered_language", "language"))
+            if rep.get(key)
+        ],
+        *[
+            (f"  {reason.replace('_', ' ')}", f"{n:,}", pct(n))
+            for reason, n in rep.get("bad_record_reasons", {}).items()
+            if n and rep.get("bad_records")
+        ],
         ("dropped: quality", f"{rep['filtered_quality']:,}", pct(rep["filtered_quality"])),
         *[
             (f"  {reason.replace('_', ' ')}", f"{n:,}", pct(n))
@@ -830,6 +1026,7 @@ def format_report(manifest: dict[str, Any]) -> str:
         ("dropped: near duplicates", f"{rep['near_duplicates']:,}", pct(rep["near_duplicates"])),
         ("dropped: contaminated", f"{rep['contaminated']:,}", pct(rep["contaminated"])),
         ("invalid UTF-8 (replaced)", f"{rep['invalid_utf8']:,}", ""),
+        *_web_rows(rep),
         ("MB read / kept", f"{rep['bytes_read'] / 1e6:,.2f} / {rep['bytes_kept'] / 1e6:,.2f}", ""),
         ("documents train / val", f"{rep['documents_train']:,} / {rep['documents_val']:,}", ""),
         ("validation split", "", _val_rule(manifest)),
