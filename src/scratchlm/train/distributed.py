@@ -485,7 +485,10 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
 def save_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
     """Collective: every rank writes its own part of the optimizer state into `folder` with
     `torch.distributed.checkpoint` (keyed by parameter names, DTensor shards with their global shapes), so no
-    rank ever holds the whole state; `load_sharded_optimizer` reads it back into any layout."""
+    rank ever holds the whole state; `load_sharded_optimizer` reads it back into any layout.
+
+    Flattened (`state.<name>.exp_avg`, `param_groups.<name>.lr`): the groups are keyed by parameter name too,
+    because layouts group parameters differently (tensor parallelism splits a group by placement)."""
     import shutil
 
     import torch.distributed.checkpoint as dcp
@@ -495,29 +498,47 @@ def save_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, 
     if dist.get_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)  # a crashed save's leftovers
     barrier()
-    dcp.save({"optimizer": get_optimizer_state_dict(module, optimizer)}, checkpoint_id=str(folder))
+    state = get_optimizer_state_dict(module, optimizer, options=_flat_options(True))
+    dcp.save({"optimizer": state}, checkpoint_id=str(folder))
+
+
+def _flat_options(flat: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=flat)
+
+
+def _is_flat(folder: Any) -> bool:
+    """Whether a DCP optimizer folder keys its groups by name (written since --tp), not by group index."""
+    import torch.distributed.checkpoint as dcp
+
+    keys = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    return not any(k.startswith("optimizer.param_groups.0.") for k in keys)
 
 
 def load_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
-    """Load a `save_sharded_optimizer` folder into this layout (another world size or `--parallel` included): the
-    current state's shapes and placements are the template and DCP reads each rank's slices into it."""
+    """Load a `save_sharded_optimizer` folder into this layout (another world size, `--parallel`, `--tp` or `--pp`
+    included): the current state's shapes and placements are the template and DCP reads each rank's slices."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
+    options = _flat_options(_is_flat(folder))
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         # ZeRO-1 holds whole parameters: read the whole state through a plain AdamW over them, then ZeRO keeps
         # its partition of it
         whole = torch.optim.AdamW([dict(g) for g in optimizer.param_groups])
-        state = {"optimizer": get_optimizer_state_dict(module, whole)}
+        state = {"optimizer": get_optimizer_state_dict(module, whole, options=options)}
         dcp.load(state, checkpoint_id=str(folder))
-        load_optimizer_state(module, optimizer, state["optimizer"])
+        set_optimizer_state_dict(module, whole, state["optimizer"], options=options)
+        load_optimizer_state(module, optimizer, whole.state_dict())  # index-keyed, in ZeRO's parameter order
         return
     if is_fsdp(module):
         reshard(module)
-    state = {"optimizer": get_optimizer_state_dict(module, optimizer)}  # (creates the moments if none exist yet)
+    # (creates the moments if none exist yet)
+    state = {"optimizer": get_optimizer_state_dict(module, optimizer, options=options)}
     dcp.load(state, checkpoint_id=str(folder))
-    set_optimizer_state_dict(module, optimizer, state["optimizer"])
+    set_optimizer_state_dict(module, optimizer, state["optimizer"], options=options)
 
 
 def is_fsdp(module: nn.Module) -> bool:
