@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.model.config import load_preset_dict
 from scratchlm.train import distributed as D
-from scratchlm.train.pipeline import stage_bounds
+from scratchlm.model.sizing import stage_bounds
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 
@@ -520,11 +520,12 @@ def test_fsdp_with_tp_four_processes_equal_one_process(one_process: Path, shards
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_resumes_as_tp(one_process: Path, shards: Path, tmp_path: Path) -> None:
-    """2 processes fsdp (2 data-parallel ranks) to step 5 (of a 10-step schedule), resumed as --tp 2 (1
-    data-parallel rank): DCP reshards the optimizer state from dp shards to tp shards, the loader goes on at the
-    window one process reached, and step 10 equals one process's 10 steps."""
-    run = _run(2, [*common(shards), "--parallel", "fsdp"], tmp_path / "resharded")
+def test_fsdp_checkpoint_resumes_as_tp(one_process: Path, fsdp_run: Path, shards: Path, tmp_path: Path) -> None:
+    """2 processes fsdp (2 data-parallel ranks) to step 5, resumed as --tp 2 (1 data-parallel rank): DCP
+    reshards the optimizer state from dp shards to tp shards, the loader goes on at the window one process
+    reached, and step 10 equals one process's 10 steps."""
+    run = tmp_path / "resharded"
+    shutil.copytree(fsdp_run, run)
     shutil.rmtree(run / "step_000010")
     (run / "latest").write_text("step_000005\n")
     resumed = torchrun(2, ["-m", "scratchlm", *common(shards), "--tp", "2", "--out", str(run), "--resume", "auto"])

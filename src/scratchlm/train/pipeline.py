@@ -30,21 +30,7 @@ from torch import nn
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.gpt import GPT
 from scratchlm.model.layers import rope_cos_sin, rope_inv_freq
-
-
-def stage_bounds(n_layer: int, stages: int) -> list[tuple[int, int]]:
-    """Blocks [start, stop) per stage, as even as possible, earlier stages taking the remainder (they also
-    run the embedding, the last the head: a rough balance for small models, exact for large ones)."""
-    if n_layer < stages:
-        raise ScratchlmError(f"--pp {stages} needs at least {stages} blocks; the model has {n_layer} "
-                             "(use a smaller --pp)")
-    base, extra = divmod(n_layer, stages)
-    bounds, start = [], 0
-    for s in range(stages):
-        stop = start + base + (1 if s < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+from scratchlm.model.sizing import stage_bounds
 
 
 class StageModule(nn.Module):
