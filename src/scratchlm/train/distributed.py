@@ -177,10 +177,11 @@ def plan_layout(info: DistInfo, parallel: str = "ddp", tp: int = 1, pp: int = 1,
             )
         dp_shard = shard
     if dp > 1 and (tp > 1 or pp > 1) and parallel == "zero1":
-        raise ScratchlmError("--parallel zero1 works without --tp/--pp only; use --parallel fsdp (or ddp with --pp)")
-    if dp > 1 and tp > 1 and parallel == "ddp":
-        raise ScratchlmError("--tp with data parallelism needs --parallel fsdp, zero2 or hsdp (DDP does not take "
-                             "tensor-parallel DTensor parameters); pass --parallel fsdp")
+        raise ScratchlmError("--parallel zero1 works without --tp/--pp only; use --parallel fsdp")
+    if dp > 1 and (tp > 1 or pp > 1) and parallel == "ddp":
+        # DDP takes no DTensor parameters, and its reducer fails on a pipeline stage's several backward passes
+        raise ScratchlmError(f"--{'tp' if tp > 1 else 'pp'} with data parallelism ({dp} data-parallel ranks) needs "
+                             "--parallel fsdp, zero2 or hsdp; pass --parallel fsdp")
     mesh = None
     if info.is_distributed:
         from torch.distributed.device_mesh import init_device_mesh
@@ -263,6 +264,7 @@ def wrap(
     dp_shard: int | None = None,
     precision: str = "fp32",
     layout: Layout | None = None,
+    init: Any = None,
 ) -> nn.Module:
     """The module the training step calls: tensor parallelism, checkpointing, compile, then data parallelism
     (a pipeline stage is split off before this, by `train/pipeline.py`, and is the `module` here).
@@ -273,6 +275,9 @@ def wrap(
     Compile then happens per block, in place, so parameter names do not change. The result is `module` itself.
     With --tp the parameters are DTensors on the mesh's "tp" dimension first, and `fully_shard` on the "dp"
     dimension makes them 2-D (FSDP2 + TP, as torchtitan composes them).
+
+    `init()`, if given, allocates and initialises a model built on meta once its parameters have their final
+    placement: after `fully_shard`, or before DDP (which broadcasts real tensors).
     """
     layout = layout or plan_layout(info, parallel, dp_shard=dp_shard)
     if layout.tp > 1:
@@ -300,11 +305,14 @@ def wrap(
             for block in _blocks_in(blocks):
                 fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        if init is not None:
+            init()
         return module
+    if init is not None:
+        init()
     if layout.dp > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        group = layout.dp_mesh().get_group() if layout.pp > 1 else None  # the default group: all ranks
-        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, process_group=group)
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
     return wrapped
 
 

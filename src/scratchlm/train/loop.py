@@ -339,10 +339,11 @@ class Trainer:
             self.module = split_model(whole, self.layout)
         if cfg.tp > 1 and base_config is not None:
             D.check_tensor_parallel(base_config, cfg.tp)
+        # only once its parameters are placed (sharded, split) does each rank allocate its part and initialise it
+        init = (lambda: D.materialize_and_init(self.module, self.device, cfg.seed, whole=whole)) \
+            if on_meta and self.sharded else None
         self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing, cfg.parallel,
-                              cfg.dp_shard, self.precision, self.layout)
-        if on_meta and self.sharded:  # only now, sharded, does each rank allocate (its part) and initialise it
-            D.materialize_and_init(self.module, self.device, cfg.seed, whole=whole)
+                              cfg.dp_shard, self.precision, self.layout, init)
         if cfg.pp > 1:
             self.pipeline = Pipeline(self.module, self.wrapped, self.layout, cfg.pp_schedule,
                                      cfg.pp_microbatches or cfg.pp, self.device)
