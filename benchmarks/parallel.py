@@ -13,7 +13,7 @@ AdamW. Bytes are of the tensors a rank holds itself (its DTensor shards, its ZeR
 read from the live objects; "ratio" is weights + gradients + optimizer over one process's; "plan" is the
 planner's weights + gradients + optimizer for that rank and "err" the measured total's difference from it. Peak
 RSS also counts the Python + torch runtime (a few hundred MB) and DDP's gradient buckets; the planner's
-activations (the last column) are not measured here. The model is untied (--pp needs it).
+activations (the last column) are not measured here. The head is untied, as Llama-3.1-8B's.
 """
 
 from __future__ import annotations

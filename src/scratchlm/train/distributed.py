@@ -2,8 +2,10 @@
 
 - `init_distributed`: reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it.
   Backend: NCCL on CUDA, gloo otherwise (CPU runs under torchrun too, which is how the parity tests run).
-- `wrap`: activation checkpointing per block, then `torch.compile`, then data parallelism (the order torchtitan
-  documents): DDP for `ddp`/`zero1`, `fully_shard` per block and at the root on one `DeviceMesh` for
+- `plan_layout`: the processes as pp x dp x tp on one `DeviceMesh` (`Layout`), or a one-line error.
+- `wrap`: tensor parallelism (`--tp`, DTensor), activation checkpointing per block, then `torch.compile`, then
+  data parallelism (the order torchtitan documents; a pipeline stage is split off before, in `pipeline.py`):
+  DDP for `ddp`/`zero1`, `fully_shard` per block and at the root on the mesh's dp dimension for
   `zero2`/`fsdp`/`hsdp`. The model itself never knows; for DDP the loop keeps the unwrapped module for saving, so
   checkpoints carry no `module.` or `_orig_mod.` prefixes. `fully_shard` changes the module in place (its
   parameters become DTensor shards, names unchanged), so saving goes through `full_model_state` instead.
@@ -12,6 +14,7 @@
   context manager); FSDP2: `set_requires_gradient_sync`.
 - `full_model_state` / `optimizer_state` / `load_optimizer_state`: layout-free state dicts keyed by parameter
   names (gathered to rank 0 on CPU), so a checkpoint of one layout resumes under another.
+- `clip_grad_norm`: the global gradient norm over plain tensors, DTensors of several meshes and pipeline stages.
 - `print0`: the one rank-0 print helper. `stop_all`: one rank's exception stops every rank (see there).
 """
 
@@ -30,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.device import resolve_device
 from scratchlm.errors import ScratchlmError
+from scratchlm.model.layers import Linear
 from scratchlm.train.optim import MuonWithAdamW
 
 
@@ -195,11 +199,6 @@ def plan_layout(info: DistInfo, parallel: str = "ddp", tp: int = 1, pp: int = 1,
     return Layout(parallel, pp, dp, tp, dp_shard, info.rank, mesh)
 
 
-def build_mesh(info: DistInfo, parallel: str, dp_shard: int | None) -> Any:
-    """The data-parallel `DeviceMesh` of a run without --tp/--pp: `(dp,)`, or `(dp_replicate, dp_shard)` for hsdp."""
-    return plan_layout(info, parallel, dp_shard=dp_shard).dp_mesh()
-
-
 # ---- tensor parallelism -----------------------------------------------------------------------------------------
 
 COLWISE = ("q_proj", "k_proj", "v_proj", "fc_in", "gate_proj", "up_proj")
@@ -235,19 +234,13 @@ def apply_tensor_parallel(module: nn.Module, tp_mesh: Any) -> int:
             for name, m in block.named_modules():
                 leaf = name.rsplit(".", 1)[-1]
                 if leaf in COLWISE + ROWWISE:
-                    if type(m) not in (nn.Linear, *_linear_types()):
+                    if type(m) not in (nn.Linear, Linear):
                         raise ScratchlmError(f"--tp splits plain linear layers; {name} is a {type(m).__name__} "
                                              "(an adapter?): train without --tp")
                     plan[name] = ColwiseParallel() if leaf in COLWISE else RowwiseParallel()
             parallelize_module(block, tp_mesh, plan)
             count += 1
     return count
-
-
-def _linear_types() -> tuple[type, ...]:
-    from scratchlm.model.layers import Linear
-
-    return (Linear,)
 
 
 def _blocks_in(blocks: nn.Module) -> list[nn.Module]:
@@ -330,14 +323,16 @@ def grad_norm_value(norm: torch.Tensor) -> float:
     return float((full() if full is not None else norm).item())
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float, layout: Layout | None = None) -> torch.Tensor:
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, layout: Layout | None = None,
+                   counted_elsewhere: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """Clip the global gradient norm of `params`, as `torch.nn.utils.clip_grad_norm_`, for any layout.
 
     torch's own handles plain tensors, or DTensors that all live on one mesh. Tensor parallelism mixes DTensors
     (the block projections) with plain tensors (embedding, norms, head), FSDP + TP mixes 2-D and 1-D meshes, and
     pipeline stages each hold a part of the model. So: the norm of each group (plain; DTensors of one mesh and
     placement, made whole over their mesh), their squares summed, summed over the pipeline stages, then every
-    gradient scaled by the same factor as torch's."""
+    gradient scaled by the same factor as torch's. `counted_elsewhere`: parameters scaled but left out of the norm
+    (a tied embedding's copy on the last pipeline stage: the first stage counts it)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -347,7 +342,10 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float, layout: Layout |
     if not pp and (not any(dtensor) or one_mesh):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     groups: dict[Any, list[torch.Tensor]] = {}
+    skip = {id(p.grad) for p in counted_elsewhere}
     for g, is_d in zip(grads, dtensor):
+        if id(g) in skip:
+            continue
         groups.setdefault((g.device_mesh, tuple(g.placements)) if is_d else None, []).append(g)
     squares = torch.zeros((), dtype=torch.float32, device=grads[0].device)
     for key, gs in groups.items():

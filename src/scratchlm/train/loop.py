@@ -243,8 +243,7 @@ def gradient_accumulation(cfg: TrainConfig, context_length: int, world_size: int
         return 1
     if cfg.global_batch_tokens % per_pass:
         raise ScratchlmError(
-            f"--micro-batch-size {cfg.micro_batch_size} x context {context_length} x {world_size} data-parallel "
-            "process(es) "
+            f"--micro-batch-size {cfg.micro_batch_size} x context {context_length} x {world_size} process(es) "
             f"= {per_pass} tokens does not divide --global-batch-tokens {cfg.global_batch_tokens}; "
             f"choose a global batch that is a multiple of {per_pass}"
         )
@@ -336,6 +335,8 @@ class Trainer:
         whole = self.module
         self.pipeline: Pipeline | None = None
         if cfg.pp > 1:
+            if mode.name != "pretrain":  # the last stage computes the pretraining loss itself
+                raise ScratchlmError(f"--pp trains `pretrain` only, not {mode.name}; use --parallel fsdp (and --tp)")
             self.module = split_model(whole, self.layout)
         if cfg.tp > 1 and base_config is not None:
             D.check_tensor_parallel(base_config, cfg.tp)
@@ -347,6 +348,7 @@ class Trainer:
         if cfg.pp > 1:
             self.pipeline = Pipeline(self.module, self.wrapped, self.layout, cfg.pp_schedule,
                                      cfg.pp_microbatches or cfg.pp, self.device)
+            self.pipeline.tie_initial_weights()
         # the optimizer last, over the wrapped (sharded) parameters
         self.optimizer = build_optimizer(
             self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
@@ -384,7 +386,8 @@ class Trainer:
 
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False), "run config")
 
-        n_params = sum(p.numel() for p in (self.skeleton or self.module).parameters())  # all stages' (meta)
+        whole_model = self.skeleton if self.skeleton is not None else self.module  # (all pipeline stages)
+        n_params = sum(p.numel() for p in whole_model.parameters())
         self.flops_per_token = None
         if base_config is not None:
             self.flops_per_token = flops_per_token(
@@ -636,9 +639,12 @@ class Trainer:
             tokens += self.mode.tokens_in(batch)
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = D.clip_grad_norm(self.params, max_norm, self.layout)
-        if self.pipeline is not None:  # the loss exists on the last stage: every stage logs and guards with it
+        if self.pipeline is not None:
+            self.pipeline.sum_tied_gradients()
+            # the loss exists on the last stage: every stage logs and guards with it
             loss_sum = self.pipeline.share(loss_sum)
+        grad_norm = D.clip_grad_norm(self.params, max_norm, self.layout,
+                                     self.pipeline.counted_elsewhere if self.pipeline is not None else ())
         # one small all-reduce per step: mean loss over ranks, and whether any rank got a signal / ran out of time
         flags = [float(self.stopper.signal is not None), float(self._out_of_time())]
         stats = D.all_reduce_mean(torch.stack([loss_sum / self.accum, *map(loss_sum.new_tensor, flags)]))
@@ -707,9 +713,8 @@ class Trainer:
         loggers = ExternalLoggers(self.out, cfg.tensorboard, cfg.wandb, to_dict(cfg), enabled=self.main)
         D.print0(
             f"training {self.mode.name}: {self.n_params / 1e6:.2f}M parameters on {self.device} "
-            f"({self.info.world_size} process(es){self._layout_note()}, {self.precision}), {self.accum} "
-            "accumulation step(s), "
-            f"{self.tokens_per_step:,} tokens/step, run folder {self.out}"
+            f"({self.info.world_size} process(es){self._layout_note()}, {self.precision}), "
+            f"{self.accum} accumulation step(s), {self.tokens_per_step:,} tokens/step, run folder {self.out}"
             + (f", resumed from {self.resume_from.name} at step {self.step}" if self.resume_from else "")
         )
         self.module.train()

@@ -16,7 +16,11 @@ Decisions:
   same as one process's `(loss / accum).backward()` over the same windows.
 - The loss exists on the last stage only; `Pipeline.share` broadcasts it to the other stages so logging, the
   spike guard and the stop decisions see the same number on every rank.
-- A tied head and embedding would live on the first and the last stage: refused (untie them for --pp).
+- A tied head and embedding (GPT-2, Llama-3.2-1B) live on the first and the last stage as two copies, as in
+  Megatron-LM: the last stage's initial value is copied to the first (in one process the head's draw is the
+  one that remains), their gradients are summed between the two stages before clipping (one process sums both
+  uses into one gradient), and the gradient norm counts the matrix once. Both copies then take the same AdamW
+  steps and stay equal.
 """
 
 from __future__ import annotations
@@ -74,9 +78,6 @@ def split_model(model: nn.Module, layout: Any) -> StageModule:
     """This rank's stage of `model` (a `GPT`), by `layout.pp_rank` of `layout.pp`."""
     if not isinstance(model, GPT):
         raise ScratchlmError("--pp splits a plain GPT (pretraining); train this mode without --pp")
-    if model.config.tie_embeddings:
-        raise ScratchlmError("--pp puts the embedding on the first stage and the head on the last, so they cannot "
-                             "be one tied matrix: pass --model.tie-embeddings false")
     start, stop = stage_bounds(model.config.n_layer, layout.pp)[layout.pp_rank]
     return StageModule(model, start, stop, first=layout.pp_rank == 0, last=layout.pp_rank == layout.pp - 1)
 
@@ -96,9 +97,49 @@ class Pipeline:
         # the global rank of the last stage in this rank's pipeline (same dp and tp coordinates)
         self.last_rank = layout.rank + (layout.pp - 1 - layout.pp_rank) * layout.dp * layout.tp
         self.scale = 1.0
+        self.tied = self._tied_parameter(stage_module)
+        self.tied_group = self._tied_group() if stage_module.config.tie_embeddings else None
         stage = PipelineStage(wrapped, layout.pp_rank, layout.pp, device, group=self.group)
         kind = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
         self.schedule = kind(stage, n_microbatches=microbatches, loss_fn=self._loss, scale_grads=False)
+
+    def _tied_parameter(self, stage_module: StageModule) -> nn.Parameter | None:
+        if not stage_module.config.tie_embeddings:
+            return None
+        if self.first:
+            return stage_module.tok_emb.weight
+        return stage_module.lm_head.weight if self.last else None
+
+    def _tied_group(self) -> Any:
+        """The process group of this pipeline's first and last stage (every rank creates every such group)."""
+        lay = self.layout
+        if lay.pp == 2:
+            return self.group
+        mine = None
+        for dp_rank in range(lay.dp):
+            for tp_rank in range(lay.tp):
+                first = dp_rank * lay.tp + tp_rank
+                group = dist.new_group([first, first + (lay.pp - 1) * lay.dp * lay.tp])
+                if (dp_rank, tp_rank) == (lay.dp_rank, lay.tp_rank):
+                    mine = group
+        return mine
+
+    @torch.no_grad()
+    def tie_initial_weights(self) -> None:
+        """The first stage's embedding := the last stage's head (call once after initialisation)."""
+        if self.tied is not None:
+            dist.broadcast(_local(self.tied), src=self.last_rank, group=self.tied_group)
+
+    @torch.no_grad()
+    def sum_tied_gradients(self) -> None:
+        """The embedding's and the head's gradients summed on both stages (call after the last backward)."""
+        if self.tied is not None and self.tied.grad is not None:
+            dist.all_reduce(_local(self.tied.grad), group=self.tied_group)
+
+    @property
+    def counted_elsewhere(self) -> tuple[nn.Parameter, ...]:
+        """Parameters whose gradient the norm counts on another stage (the head's copy of a tied embedding)."""
+        return (self.tied,) if self.tied is not None and self.last else ()
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return output * self.scale  # the stage's forward made the mean NLL; `target` was used there
@@ -126,3 +167,9 @@ class Pipeline:
         value = value.clone()
         dist.broadcast(value, src=self.last_rank, group=self.group)
         return value
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (DTensor) parameter or gradient, which collectives of plain tensors can change in
+    place (the first and last stage shard the tied matrix alike)."""
+    return t.to_local() if hasattr(t, "to_local") else t
