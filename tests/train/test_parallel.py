@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.model.config import load_preset_dict
-from scratchlm.train import distributed as D
 from scratchlm.model.sizing import stage_bounds
+from scratchlm.train import distributed as D
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 
