@@ -5,6 +5,7 @@ one process, each beside the memory planner's figure (`scratchlm model info --wo
 
     python benchmarks/parallel.py              # GPT of ~28M parameters (4 x 768), ~1 min on 2 cores
     python benchmarks/parallel.py --layers 2   # smaller, quicker
+    python benchmarks/parallel.py --layers 2 --d-model 128 --layouts zero1,fsdp,tp2,pp2   # seconds (the test)
 
 Each layout runs in its own `torchrun --nproc_per_node 2` (one process: plain `python`), built as the training
 loop builds it (`train/distributed.py`: meta-device build, sharding, then per-rank init for zero2/fsdp; the
@@ -41,14 +42,14 @@ def _split(layout: str) -> tuple[str, int, int]:
     return ("ddp" if layout == "single" else layout), 1, 1
 
 
-def _config(layers: int):  # -> ModelConfig
+def _config(layers: int, d_model: int):  # -> ModelConfig
     from scratchlm.model import ModelConfig
 
-    return ModelConfig(vocab_size=256, context_length=64, n_layer=layers, n_head=12, d_model=768, d_ff=3072,
-                       dropout=0.0, tie_embeddings=False)
+    return ModelConfig(vocab_size=256, context_length=64, n_layer=layers, n_head=d_model // 64, d_model=d_model,
+                       d_ff=4 * d_model, dropout=0.0, tie_embeddings=False)
 
 
-def worker(layout: str, layers: int, out: Path) -> None:
+def worker(layout: str, layers: int, d_model: int, out: Path) -> None:
     import torch
 
     from scratchlm.model import GPT
@@ -58,7 +59,7 @@ def worker(layout: str, layers: int, out: Path) -> None:
     from scratchlm.train.pipeline import Pipeline, split_model
 
     torch.set_num_threads(1)
-    config = _config(layers)
+    config = _config(layers, d_model)
     info = D.init_distributed("cpu")
     parallel, tp, pp = _split(layout)
     lay = D.plan_layout(info, parallel, tp, pp)
@@ -116,12 +117,18 @@ def worker(layout: str, layers: int, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=768, help="width (heads of 64)")
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of " + ",".join(LAYOUTS))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        worker(a.worker, a.layers, a.out)
+        worker(a.worker, a.layers, a.d_model, a.out)
         return
+    layouts = [x for x in a.layouts.split(",") if x]
+    unknown = sorted(set(layouts) - set(LAYOUTS))
+    if unknown:
+        sys.exit(f"--layouts {','.join(unknown)}: unknown; choose from {','.join(LAYOUTS)}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,11 +139,11 @@ def main() -> None:
                 lay,
                 ["torchrun", "--nproc_per_node", "2", "--master_port", str(random.randint(20000, 60000)), me],
             )
-            for lay in LAYOUTS
+            for lay in layouts
         ]
         for layout, cmd in runs:
             done = subprocess.run(
-                [*cmd, "--worker", layout, "--layers", str(a.layers), "--out", str(out)],
+                [*cmd, "--worker", layout, "--layers", str(a.layers), "--d-model", str(a.d_model), "--out", str(out)],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -152,7 +159,7 @@ def main() -> None:
     print(f"{'layout':8} {'world':>5} {'rank':>4} {'weights MB':>10} {'grads MB':>9} {'AdamW MB':>9} {'ratio':>6} "
           f"{'plan MB':>8} {'err':>6} {'peak RSS MB':>11} {'plan act. MB':>12}")
     worst = 0.0
-    for layout in ("single", *LAYOUTS):
+    for layout in ("single", *layouts):
         for r in sorted((r for r in reports if r["layout"] == layout), key=lambda r: r["rank"]):
             total = r["weights"] + r["grads"] + r["optimizer"]
             measured = [r["weights"], r["grads"], r["optimizer"]]
