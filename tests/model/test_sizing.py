@@ -150,3 +150,51 @@ def test_model_info_shows_the_pattern(capsys) -> None:
         "error: model attn_window=64 is larger than context_length=32; set attn_window to at most the context "
         "(a window covering the context is dense attention)"
     )
+
+
+# ---- the per-rank planner of a parallel layout --------------------------------------------------------------
+
+
+def _tp_local_elements(model: GPT, tp: int) -> int:
+    """What a tp rank holds, counted on the built model by the tensor-parallel rules of train/distributed.py:
+    column-wise weights and biases and row-wise weights split, everything else whole."""
+    from scratchlm.train.distributed import COLWISE, ROWWISE
+
+    n = 0
+    for name, p in model.named_parameters():
+        module, kind = name.rsplit(".", 2)[-2:]
+        split = module in COLWISE or (module in ROWWISE and kind == "weight")
+        n += p.numel() // tp if split else p.numel()
+    return n
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_layout_planner_matches_the_model(name) -> None:
+    config = _config(name)
+    model = GPT(config)
+    one = sizing.size(config, batch=2)
+    [plain] = sizing.plan_layout_memory(config, batch=2)
+    assert (plain.weights_bytes, plain.grads_bytes, plain.adamw_bytes, plain.activations_bytes) == (
+        one.weights_bytes, one.grads_bytes, one.adamw_bytes, one.activations_bytes)
+    [fsdp] = sizing.plan_layout_memory(config, batch=2, world_size=2, parallel="fsdp")
+    assert abs(fsdp.weights_bytes - one.weights_bytes / 2) <= 4 * 64  # rounded up per tensor
+    [zero1] = sizing.plan_layout_memory(config, batch=2, world_size=2, parallel="zero1")
+    assert zero1.weights_bytes == one.weights_bytes and zero1.adamw_bytes * 2 == pytest.approx(one.adamw_bytes, abs=8)
+    [tp] = sizing.plan_layout_memory(config, batch=2, world_size=2, tp=2)
+    assert tp.weights_bytes == 4 * _tp_local_elements(model, 2)
+    assert tp.activations_bytes < one.activations_bytes
+    if not config.tie_embeddings:
+        stages = sizing.plan_layout_memory(config, batch=2, world_size=2, pp=2)
+        assert sum(s.weights_bytes for s in stages) == one.weights_bytes
+        assert [s.blocks for s in stages] == sizing.stage_bounds(config.n_layer, 2)
+
+
+def test_model_info_prints_each_stage(capsys) -> None:
+    from scratchlm.cli.main import main
+
+    assert main(["model", "info", "--preset", "gpt2", "--world-size", "8", "--parallel", "fsdp", "--tp", "2",
+                 "--pp", "2", "--batch", "4", "--context", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "per rank, 8 processes = pp 2 x dp 2 x tp 2, --parallel fsdp" in out
+    assert "stage 0 (blocks 0-5)" in out and "stage 1 (blocks 6-11)" in out
+    assert main(["model", "info", "--preset", "gpt2", "--world-size", "3", "--tp", "2"]) == 2

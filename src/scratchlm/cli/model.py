@@ -34,6 +34,21 @@ class InfoCommand:
     20-tokens-per-parameter rule of thumb, or with --law the law fitted to your own sweep)."""
     law: Path | None = None
     """A sweep folder fitted by `scratchlm scaling fit` (its fit.json): answer --budget with that law."""
+    world_size: int = 1
+    """Processes of a training run to plan for: print each rank's share of the memory (with --parallel, --tp,
+    --pp; --batch is then one data-parallel rank's micro-batch). See docs/scale.md."""
+    parallel: str = "ddp"
+    """ddp, zero1, zero2, fsdp or hsdp (as `pretrain --parallel`)."""
+    tp: int = 1
+    """Tensor-parallel ranks (as `pretrain --tp`)."""
+    pp: int = 1
+    """Pipeline stages (as `pretrain --pp`)."""
+    dp_shard: int | None = None
+    """hsdp: processes per sharding group."""
+    pp_schedule: str = "1f1b"
+    """gpipe or 1f1b (activations in flight per stage)."""
+    pp_microbatches: int | None = None
+    """Pipeline micro-batches per --batch (default --pp)."""
 
 
 def info(argv: list[str], prog: str) -> int:
@@ -66,6 +81,8 @@ def info(argv: list[str], prog: str) -> int:
     config = from_dict(ModelConfig, fields, where=source).replace(**_overrides(cfg.set))
     s = size(config, batch=cfg.batch, context=cfg.context, precision=cfg.precision)
     print(format_info(s, source))
+    if cfg.world_size > 1 or cfg.tp > 1 or cfg.pp > 1:
+        print(format_layout(config, cfg))
     if cfg.budget is not None:
         tokens = cfg.budget / s.train_flops_per_token
         print(f"this model at {cfg.budget:.3g} FLOPs: {_si(tokens).strip()} tokens ({tokens / s.params.total:,.1f} per "
@@ -140,6 +157,31 @@ def _window_note(c) -> str:  # c: ModelConfig
     if "local" not in c.attn_pattern:
         return ""
     return f"; local layers keep {c.attn_window} tokens"
+
+
+def format_layout(config, cfg: InfoCommand) -> str:  # config: ModelConfig
+    """Each pipeline stage's per-rank bytes for the layout of `cfg` (the planner of `plan_layout_memory`)."""
+    from scratchlm.model.sizing import plan_layout_memory
+    from scratchlm.train.config import PARALLEL, PP_SCHEDULES
+
+    if cfg.parallel not in PARALLEL or cfg.pp_schedule not in PP_SCHEDULES:
+        raise ScratchlmError(f"--parallel must be one of {', '.join(PARALLEL)} and --pp-schedule one of "
+                             f"{', '.join(PP_SCHEDULES)}")
+    if min(cfg.world_size, cfg.tp, cfg.pp) < 1:
+        raise ScratchlmError("--world-size, --tp and --pp must be positive integers")
+    ranks = plan_layout_memory(config, cfg.batch, cfg.context, cfg.precision, cfg.world_size, cfg.parallel,
+                               cfg.tp, cfg.pp, cfg.dp_shard, cfg.pp_schedule, cfg.pp_microbatches)
+    dp = cfg.world_size // (cfg.tp * cfg.pp)
+    lines = [f"per rank, {cfg.world_size} processes = pp {cfg.pp} x dp {dp} x tp {cfg.tp}, --parallel "
+             f"{cfg.parallel}, micro-batch {cfg.batch} per data-parallel rank"
+             + (f", {cfg.pp_schedule} with {cfg.pp_microbatches or cfg.pp} micro-batches" if cfg.pp > 1 else "")]
+    for r in ranks:
+        ckpt = r.train_bytes - r.activations_bytes + r.activations_checkpointed_bytes
+        lines.append(f"  stage {r.stage} (blocks {r.blocks[0]}-{r.blocks[1] - 1}): weights {_bytes(r.weights_bytes)}, "
+                     f"gradients {_bytes(r.grads_bytes)}, AdamW {_bytes(r.adamw_bytes)}, activations "
+                     f"{_bytes(r.activations_bytes)} ({_bytes(r.activations_checkpointed_bytes)} checkpointed); "
+                     f"total {_bytes(r.train_bytes)} ({_bytes(ckpt)} checkpointed)")
+    return "\n".join(lines)
 
 
 def _si(n: float) -> str:

@@ -205,14 +205,16 @@ def run_pretrain(cmd: PretrainCommand) -> int:
 
     from scratchlm.data import shard_tokenizer
     from scratchlm.model import GPT
-    from scratchlm.train.distributed import SHARDED, print0
+    from scratchlm.train.distributed import SHARDED, data_parallel_size, print0
     from scratchlm.train.loop import gradient_accumulation, seed_everything, train
     from scratchlm.train.modes.pretrain import PretrainMode
 
     model_config = resolve_model_config(cmd)
     train_cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
     # settings that can be checked without data are checked before anything is written
-    gradient_accumulation(train_cfg, model_config.context_length, int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gradient_accumulation(train_cfg, model_config.context_length,
+                          data_parallel_size(world, train_cfg.tp, train_cfg.pp))
     if cmd.data is None and model_config.vocab_size > 256:
         raise ScratchlmError(
             f"model preset {cmd.model_preset!r} (vocab_size {model_config.vocab_size}) needs --data: shards made "
@@ -230,8 +232,8 @@ def run_pretrain(cmd: PretrainCommand) -> int:
         shard_dir = cmd.data
     tokenizer = shard_tokenizer(shard_dir)
     seed_everything(cmd.seed)
-    if train_cfg.parallel in SHARDED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # sharded: built on meta, allocated and initialised per rank by the loop (same numbers as here)
+    if world > 1 and (train_cfg.parallel in SHARDED or train_cfg.tp > 1 or train_cfg.pp > 1):
+        # sharded (fsdp, tp, pp): built on meta, allocated and initialised per rank by the loop (same numbers)
         with torch.device("meta"):
             model = GPT(model_config)
     else:
@@ -249,7 +251,7 @@ def run_pretrain(cmd: PretrainCommand) -> int:
     if cmd.sample_at_end and result.checkpoint is not None:
         from scratchlm.generate import generate
 
-        if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # sharded by --parallel: reload whole
+        if any(type(p).__name__ == "DTensor" or p.is_meta for p in model.parameters()):  # sharded: reload whole
             from scratchlm import checkpoint
 
             model, _ = checkpoint.load(result.checkpoint)

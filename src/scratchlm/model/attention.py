@@ -55,9 +55,12 @@ class CausalSelfAttention(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        H, H_kv, D = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D)
-        k = self.k_proj(x).view(B, T, H_kv, D)
+        D = self.head_dim
+        # heads from the projections' widths: under tensor parallelism (--tp) q/k/v_proj are column shards and
+        # hold n_head / tp and n_kv_head / tp of the heads (n_rep, their ratio, is unchanged)
+        q = self.q_proj(x).view(B, T, -1, D)  # (B, T, H, D), H local
+        k = self.k_proj(x).view(B, T, -1, D)  # (B, T, H_kv, D)
+        H, H_kv = q.shape[2], k.shape[2]
         q, k = self.rotate(q, k, rope)  # RoPE in this (B, T, H, D) layout: its output keeps it (see below)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)

@@ -174,6 +174,116 @@ def size(config: ModelConfig, batch: int = 1, context: int | None = None, precis
     )
 
 
+# ---- per rank, for a parallel layout ----------------------------------------------------------------------------
+
+
+@dataclass
+class RankMemory:
+    """What one rank of a pipeline stage holds (every rank of a stage holds about the same)."""
+
+    stage: int
+    blocks: tuple[int, int]
+    """Blocks [start, stop) of this stage."""
+    params: int
+    """Parameter elements this rank holds (its shards)."""
+    weights_bytes: int
+    grads_bytes: int
+    adamw_bytes: int
+    activations_bytes: int
+    activations_checkpointed_bytes: int
+
+    @property
+    def train_bytes(self) -> int:
+        return self.weights_bytes + self.grads_bytes + self.adamw_bytes + self.activations_bytes
+
+
+def plan_layout_memory(
+    config: ModelConfig,
+    batch: int = 1,
+    context: int | None = None,
+    precision: str = "fp32",
+    world_size: int = 1,
+    parallel: str = "ddp",
+    tp: int = 1,
+    pp: int = 1,
+    dp_shard: int | None = None,
+    pp_schedule: str = "1f1b",
+    pp_microbatches: int | None = None,
+) -> list[RankMemory]:
+    """Per-rank bytes of weights, gradients, AdamW state and activations for a `--parallel/--tp/--pp` layout of
+    `world_size` processes, one entry per pipeline stage. `batch` is the micro-batch of one data-parallel rank.
+
+    What the training loop does (`train/distributed.py`, `train/pipeline.py`):
+    - tp: q/k/v/o and the MLP matrices (and the column-wise biases) are split over tp ranks; norms, the row-wise
+      biases, the embedding and the head stay whole. Activations inside attention and the MLP split too.
+    - pp: stage s holds its blocks, the first also the embedding, the last the final norm and head. In flight:
+      GPipe keeps all of a batch's micro-batches' activations, 1F1B at most pp - s of them on stage s.
+    - ddp: everything whole; zero1: AdamW state / dp; zero2 and fsdp: weights, gradients, AdamW / dp; hsdp:
+      / --dp-shard. Shards are rounded up per tensor (FSDP pads the first dimension to a multiple of dp).
+    """
+    from math import ceil
+
+    context = context or config.context_length
+    if world_size % (tp * pp):
+        raise ConfigError(f"the world size {world_size} is not --pp {pp} x data-parallel x --tp {tp}")
+    dp = world_size // (tp * pp)
+    shard = {"zero2": dp, "fsdp": dp, "hsdp": dp_shard or dp}.get(parallel, 1)
+    C, F, V, L, KV = config.d_model, config.d_ff, config.vocab_size, config.n_layer, config.kv_dim
+    assert F is not None
+    b = 1 if config.bias else 0
+    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    n_in = 2 if config.mlp == "swiglu" else 1
+    # (rows, columns) of each tensor of a block as this tp rank holds it: a shard's elements round up per tensor
+    block = [(C // tp, C), (KV // tp, C), (KV // tp, C), (C, C // tp)]
+    block += [(F // tp, C)] * n_in + [(C, F // tp)]
+    block += [(C // tp, 1), (KV // tp, 1), (KV // tp, 1), (C, 1)] * b + [(F // tp, 1)] * (n_in * b) + [(C, 1)] * b
+    block += [(norm, 1)] * 2
+    first = [(V, C)] + ([(config.context_length, C)] if config.positions == "learned" else [])
+    last = [(norm, 1)] + ([] if config.tie_embeddings and pp == 1 else [(V, C)])
+
+    def elements(tensors: list[tuple[int, int]], over: int) -> int:
+        return sum(ceil(rows / over) * cols for rows, cols in tensors)
+
+    acts = activation_elements_per_token(config, context, config.attn_impl)
+    norm_acts = 2 * (2 * C + 2 if config.norm == "layernorm" else 3 * C + 1)
+    layer = norm_acts + (acts["layer"] - norm_acts) / tp  # attention and MLP internals split over tp
+    tokens = batch * context
+    act_bytes = PRECISIONS[precision]
+    micro = pp_microbatches or pp
+    bounds = stage_bounds(L, pp)
+    out = []
+    for s, (start, stop) in enumerate(bounds):
+        tensors = (first if s == 0 else []) + block * (stop - start) + (last if s == pp - 1 else [])
+        local = elements(tensors, 1)
+        sharded = elements(tensors, shard)
+        # micro-batches of this stage in flight at once, as a fraction of the batch (one process: the batch)
+        in_flight = 1.0 if pp == 1 or pp_schedule == "gpipe" else min(micro, pp - s) / micro
+        one = 1.0 if pp == 1 else 1.0 / micro  # a checkpointed block is recomputed one micro-batch at a time
+        n = stop - start
+        head = tokens * acts["head"] * act_bytes + 4 * V * C if s == pp - 1 else 0  # + the head's fp32 gradient
+        full = tokens * n * layer * in_flight * act_bytes + head
+        ckpt = tokens * (n * acts["input"] * in_flight + layer * one) * act_bytes + head
+        weights = 4 * sharded
+        grads = 4 * (local if parallel in ("ddp", "zero1") else sharded)
+        adamw = 8 * (ceil(local / dp) if parallel == "zero1" else sharded)
+        out.append(RankMemory(s, (start, stop), sharded, weights, grads, adamw, int(full), int(ckpt)))
+    return out
+
+
+def stage_bounds(n_layer: int, stages: int) -> list[tuple[int, int]]:
+    """Blocks [start, stop) per pipeline stage (`--pp`), as even as possible, earlier stages taking the remainder
+    (the first also runs the embedding, the last the head: a rough balance for small models, close for large)."""
+    if n_layer < stages:
+        raise ConfigError(f"--pp {stages} needs at least {stages} blocks; the model has {n_layer} (use a smaller --pp)")
+    base, extra = divmod(n_layer, stages)
+    bounds, start = [], 0
+    for s in range(stages):
+        stop = start + base + (1 if s < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 # ---- does it fit? --------------------------------------------------------------------------------------------
 
 

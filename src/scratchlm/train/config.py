@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "muon")
 PARALLEL = ("ddp", "zero1", "zero2", "fsdp", "hsdp")
+PP_SCHEDULES = ("gpipe", "1f1b")
 MAX_LR = 1.0
 """Larger AdamW learning rates are typos (1e6 for 1e-6): refused with a pointer to typical values."""
 
@@ -91,6 +92,17 @@ class TrainConfig:
     processes, replicated across groups). One process: no effect. See docs/train.md, Multiple processes."""
     dp_shard: int | None = None
     """hsdp only: processes per sharding group (the world size must be a multiple of it)."""
+    tp: int = 1
+    """Tensor parallelism: split each block's attention heads and MLP over this many processes (Megatron layout,
+    DTensor). The world size must be --pp x data-parallel x --tp; tp ranks are neighbours (one node)."""
+    pp: int = 1
+    """Pipeline parallelism: split the blocks into this many stages, one per process group (pretraining only;
+    the embedding goes to the first stage, final norm, head and loss to the last)."""
+    pp_schedule: str = "1f1b"
+    """Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward: fewer
+    micro-batches' activations held at once)."""
+    pp_microbatches: int | None = None
+    """Pipeline micro-batches per --micro-batch-size batch (it must divide it); default --pp."""
     onednn: bool | None = None
     """CPU fp32 linear layers through oneDNN's GEMMs (true) or `F.linear` (false); unset: $SCRATCHLM_ONEDNN
     decides (default on). Process-wide; see docs/model.md, Speed."""
@@ -168,6 +180,7 @@ class TrainConfig:
                               "drop --dp-shard or pass --parallel hsdp")
         if self.parallel == "hsdp" and self.dp_shard is None:
             raise ConfigError("--parallel hsdp needs --dp-shard N (processes per sharding group)")
+        self._check_model_parallel()
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
         if self.optimizer not in OPTIMIZERS:
@@ -178,6 +191,26 @@ class TrainConfig:
                               "or --optimizer adamw")
         if self.resume is not None and self.resume == "":
             raise ConfigError("--resume needs `auto` or a checkpoint path")
+
+    def _check_model_parallel(self) -> None:
+        for name in ("tp", "pp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise ConfigError(f"--pp-schedule {self.pp_schedule!r} is unknown; use one of {', '.join(PP_SCHEDULES)}")
+        m = self.pp_microbatches
+        if m is not None and (m < 1 or self.pp == 1):
+            raise ConfigError(f"--pp-microbatches {m} needs --pp 2 or more and a value of at least 1")
+        m = m or self.pp
+        if self.pp > 1 and self.micro_batch_size % m:
+            raise ConfigError(f"--pp-microbatches {m} does not divide --micro-batch-size {self.micro_batch_size}; "
+                              f"choose a micro-batch size that is a multiple of {m}")
+        if self.pp > 1 and self.pp_schedule == "1f1b" and m < self.pp:
+            raise ConfigError(f"--pp-schedule 1f1b needs at least --pp {self.pp} micro-batches, got "
+                              f"--pp-microbatches {m}")
+        if (self.tp > 1 or self.pp > 1) and self.optimizer == "muon":
+            raise ConfigError("--optimizer muon works without --tp/--pp only (it orthogonalises whole 2-D "
+                              "gradients); use --optimizer adamw")
 
     def _check_numbers(self) -> None:
         """Finite, in range and plausible: a typo such as --lr 1e6 is refused here, not found out at step 300."""

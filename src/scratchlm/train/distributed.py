@@ -2,8 +2,10 @@
 
 - `init_distributed`: reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it.
   Backend: NCCL on CUDA, gloo otherwise (CPU runs under torchrun too, which is how the parity tests run).
-- `wrap`: activation checkpointing per block, then `torch.compile`, then data parallelism (the order torchtitan
-  documents): DDP for `ddp`/`zero1`, `fully_shard` per block and at the root on one `DeviceMesh` for
+- `plan_layout`: the processes as pp x dp x tp on one `DeviceMesh` (`Layout`), or a one-line error.
+- `wrap`: tensor parallelism (`--tp`, DTensor), activation checkpointing per block, then `torch.compile`, then
+  data parallelism (the order torchtitan documents; a pipeline stage is split off before, in `pipeline.py`):
+  DDP for `ddp`/`zero1`, `fully_shard` per block and at the root on the mesh's dp dimension for
   `zero2`/`fsdp`/`hsdp`. The model itself never knows; for DDP the loop keeps the unwrapped module for saving, so
   checkpoints carry no `module.` or `_orig_mod.` prefixes. `fully_shard` changes the module in place (its
   parameters become DTensor shards, names unchanged), so saving goes through `full_model_state` instead.
@@ -12,6 +14,7 @@
   context manager); FSDP2: `set_requires_gradient_sync`.
 - `full_model_state` / `optimizer_state` / `load_optimizer_state`: layout-free state dicts keyed by parameter
   names (gathered to rank 0 on CPU), so a checkpoint of one layout resumes under another.
+- `clip_grad_norm`: the global gradient norm over plain tensors, DTensors of several meshes and pipeline stages.
 - `print0`: the one rank-0 print helper. `stop_all`: one rank's exception stops every rank (see there).
 """
 
@@ -30,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.device import resolve_device
 from scratchlm.errors import ScratchlmError
+from scratchlm.model.layers import Linear
 from scratchlm.train.optim import MuonWithAdamW
 
 
@@ -76,9 +80,11 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
-def _block_lists(module: nn.Module) -> list[nn.ModuleList]:
-    """The transformer block lists inside `module` (`GPT.blocks`, also when wrapped by a mode's head/LoRA)."""
-    return [m for name, m in module.named_modules() if isinstance(m, nn.ModuleList) and name.split(".")[-1] == "blocks"]
+def _block_lists(module: nn.Module) -> list[nn.Module]:
+    """The transformer block lists inside `module` (`GPT.blocks`, also when wrapped by a mode's head/LoRA, or a
+    pipeline stage's ModuleDict of its blocks, keyed by their index in the whole model)."""
+    return [m for name, m in module.named_modules()
+            if isinstance(m, (nn.ModuleList, nn.ModuleDict)) and name.split(".")[-1] == "blocks"]
 
 
 def enable_activation_checkpointing(module: nn.Module) -> int:
@@ -86,7 +92,7 @@ def enable_activation_checkpointing(module: nn.Module) -> int:
     names (and therefore checkpoints) are unchanged. Returns the number of blocks wrapped."""
     count = 0
     for blocks in _block_lists(module):
-        for block in blocks:
+        for block in _blocks_in(blocks):
             inner = block.forward
 
             def forward(*args: Any, _inner: Any = inner, _block: nn.Module = block, **kwargs: Any) -> Any:
@@ -108,20 +114,138 @@ def is_sharded(parallel: str, info: DistInfo) -> bool:
     return info.is_distributed and parallel in SHARDED
 
 
-def build_mesh(info: DistInfo, parallel: str, dp_shard: int | None) -> Any:
-    """The run's one `DeviceMesh`: 1-D `(dp,)`, or 2-D `(dp_replicate, dp_shard)` for hsdp."""
-    from torch.distributed.device_mesh import init_device_mesh
+@dataclass(frozen=True)
+class Layout:
+    """How the world's processes divide: `pp` pipeline stages x `dp` data-parallel ranks x `tp` tensor-parallel
+    ranks, tp innermost (rank = (pp_rank * dp + dp_rank) * tp + tp_rank): a tensor-parallel group exchanges the
+    most data per layer, so its ranks are neighbours (one node's GPUs), pipeline stages the furthest apart.
 
-    world = info.world_size
+    `mesh` is the run's one `DeviceMesh` (dims "pp", "dp", "tp"; hsdp splits "dp" into "dp_replicate" x
+    "dp_shard"), None in one process. Loader, token counts and gradient accumulation use `dp_rank` / `dp`."""
+
+    parallel: str = "ddp"
+    pp: int = 1
+    dp: int = 1
+    tp: int = 1
+    dp_shard: int | None = None
+    rank: int = 0
+    mesh: Any = None
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp % self.dp
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // (self.tp * self.dp)
+
+    @property
+    def fsdp(self) -> bool:
+        """Parameters sharded over the data-parallel ranks with `fully_shard` (zero2/fsdp/hsdp, more than one
+        process)."""
+        return self.parallel in SHARDED and self.mesh is not None
+
+    @property
+    def whole_on_every_rank(self) -> bool:
+        """Every rank holds every parameter whole (ddp, zero1, one process): save and sample from the module."""
+        return not self.fsdp and self.tp == 1 and self.pp == 1
+
+    def dp_mesh(self) -> Any:
+        return self.mesh["dp_replicate", "dp_shard"] if self.parallel == "hsdp" else self.mesh["dp"]
+
+
+def data_parallel_size(world: int, tp: int = 1, pp: int = 1) -> int:
+    """World size / (tp x pp), or the one-line error when the world is no such product."""
+    if world % (tp * pp):
+        raise ScratchlmError(
+            f"the world size {world} is not --pp {pp} x data-parallel x --tp {tp}: launch a multiple of "
+            f"{tp * pp} processes (torchrun --nproc-per-node x --nnodes) or change --tp / --pp"
+        )
+    return world // (tp * pp)
+
+
+def plan_layout(info: DistInfo, parallel: str = "ddp", tp: int = 1, pp: int = 1,
+                dp_shard: int | None = None) -> Layout:
+    """Check that the world is pp x dp x tp (and hsdp's groups divide dp) and build the `DeviceMesh`."""
+    dp = data_parallel_size(info.world_size, tp, pp)
     if parallel == "hsdp":
-        shard = dp_shard or world
-        if world % shard:
+        shard = dp_shard or dp
+        if dp % shard:
             raise ScratchlmError(
-                f"--dp-shard {shard} does not divide the world size {world}; choose a divisor of {world} "
-                "(processes per sharding group)"
+                f"--dp-shard {shard} does not divide the {dp} data-parallel ranks (world size {info.world_size} / "
+                f"(--tp {tp} x --pp {pp})); choose a divisor of {dp} (processes per sharding group)"
             )
-        return init_device_mesh(info.device.type, (world // shard, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
-    return init_device_mesh(info.device.type, (world,), mesh_dim_names=("dp",))
+        dp_shard = shard
+    if dp > 1 and (tp > 1 or pp > 1) and parallel == "zero1":
+        raise ScratchlmError("--parallel zero1 works without --tp/--pp only; use --parallel fsdp")
+    if dp > 1 and (tp > 1 or pp > 1) and parallel == "ddp":
+        # DDP takes no DTensor parameters, and its reducer fails on a pipeline stage's several backward passes
+        raise ScratchlmError(f"--{'tp' if tp > 1 else 'pp'} with data parallelism ({dp} data-parallel ranks) needs "
+                             "--parallel fsdp, zero2 or hsdp; pass --parallel fsdp")
+    mesh = None
+    if info.is_distributed:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if parallel == "hsdp":
+            assert dp_shard is not None
+            mesh = init_device_mesh(info.device.type, (pp, dp // dp_shard, dp_shard, tp),
+                                    mesh_dim_names=("pp", "dp_replicate", "dp_shard", "tp"))
+        else:
+            mesh = init_device_mesh(info.device.type, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    return Layout(parallel, pp, dp, tp, dp_shard, info.rank, mesh)
+
+
+# ---- tensor parallelism -----------------------------------------------------------------------------------------
+
+COLWISE = ("q_proj", "k_proj", "v_proj", "fc_in", "gate_proj", "up_proj")
+"""Split by output features: each tp rank computes its heads / its slice of the MLP's hidden units."""
+ROWWISE = ("o_proj", "fc_out", "down_proj")
+"""Split by input features: partial products summed by one all-reduce per projection (Megatron-LM's layout)."""
+
+
+def check_tensor_parallel(config: Any, tp: int) -> None:
+    """Heads, KV heads and the MLP width must split evenly over `tp` ranks: one line naming what does not."""
+    for name in ("n_head", "n_kv_head", "d_ff"):
+        value = getattr(config, name)
+        if value % tp:
+            raise ScratchlmError(f"--tp {tp} does not divide the model's {name} {value}; choose a --tp that "
+                                 f"divides n_head {config.n_head}, n_kv_head {config.n_kv_head} and d_ff {config.d_ff}")
+
+
+def apply_tensor_parallel(module: nn.Module, tp_mesh: Any) -> int:
+    """Megatron-style tensor parallelism inside every block with DTensor's `parallelize_module`: q/k/v and the
+    MLP's input projections column-wise, o_proj and the MLP's output projection row-wise, so each block costs two
+    all-reduces forward and two backward. Attention infers its local head count from q_proj's (sharded) width.
+
+    The embedding, norms and the head stay whole on every tp rank (plain tensors, identical gradients: the
+    all-reduce in the backward of each column-wise input makes the incoming gradient whole), which keeps the
+    chunked loss of `model/loss.py` exactly as in one process; at large vocabularies the head is the part this
+    layout leaves unsplit (see docs/scale.md). Returns the number of blocks parallelised."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    count = 0
+    for blocks in _block_lists(module):
+        for block in _blocks_in(blocks):
+            plan: dict[str, Any] = {}
+            for name, m in block.named_modules():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf in COLWISE + ROWWISE:
+                    if type(m) not in (nn.Linear, Linear):
+                        raise ScratchlmError(f"--tp splits plain linear layers; {name} is a {type(m).__name__} "
+                                             "(an adapter?): train without --tp")
+                    plan[name] = ColwiseParallel() if leaf in COLWISE else RowwiseParallel()
+            parallelize_module(block, tp_mesh, plan)
+            count += 1
+    return count
+
+
+def _blocks_in(blocks: nn.Module) -> list[nn.Module]:
+    """The blocks of a `blocks` container: a ModuleList (the model) or a ModuleDict (a pipeline stage's share)."""
+    return list(blocks.values()) if isinstance(blocks, nn.ModuleDict) else list(blocks)
 
 
 def wrap(
@@ -132,41 +256,54 @@ def wrap(
     parallel: str = "ddp",
     dp_shard: int | None = None,
     precision: str = "fp32",
+    layout: Layout | None = None,
+    init: Any = None,
 ) -> nn.Module:
-    """The module the training step calls: checkpointing, then compile, then data parallelism.
+    """The module the training step calls: tensor parallelism, checkpointing, compile, then data parallelism
+    (a pipeline stage is split off before this, by `train/pipeline.py`, and is the `module` here).
 
     ddp/zero1: DDP around the (compiled) module; save `module`, not the result. zero2/fsdp/hsdp: `fully_shard`
     on every block, then on the root, which holds the embedding, the final norm and the head: a tied head and
     embedding are one parameter of the root's group, so they stay one tensor (gathered once, updated once).
     Compile then happens per block, in place, so parameter names do not change. The result is `module` itself.
+    With --tp the parameters are DTensors on the mesh's "tp" dimension first, and `fully_shard` on the "dp"
+    dimension makes them 2-D (FSDP2 + TP, as torchtitan composes them).
+
+    `init()`, if given, allocates and initialises a model built on meta once its parameters have their final
+    placement: after `fully_shard`, or before DDP (which broadcasts real tensors).
     """
+    layout = layout or plan_layout(info, parallel, dp_shard=dp_shard)
+    if layout.tp > 1:
+        apply_tensor_parallel(module, layout.mesh["tp"])
     if activation_checkpointing and enable_activation_checkpointing(module) == 0:
         raise ScratchlmError("--activation-checkpointing found no `blocks` list in the model; turn it off")
-    sharded = is_sharded(parallel, info)
+    per_block = layout.fsdp or layout.tp > 1 or layout.pp > 1  # names must stay those of the whole model
     wrapped: nn.Module = module
     if compile:
-        if sharded:
+        if per_block:
             for blocks in _block_lists(module):
-                for block in blocks:
+                for block in _blocks_in(blocks):
                     block.compile()
         else:
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
-    if sharded:
+    if layout.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mesh = build_mesh(info, parallel, dp_shard)
+        mesh = layout.dp_mesh()
         # bf16 under FSDP2: parameters gathered in bf16, gradients reduced in fp32 (the loop skips autocast)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
             else MixedPrecisionPolicy()
         reshard = parallel != "zero2"  # zero2 keeps the gathered parameters from forward to backward
         for blocks in _block_lists(module):
-            for block in blocks:
+            for block in _blocks_in(blocks):
                 fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        if init is not None:
+            init()
         return module
-    if info.is_distributed:
-        if parallel == "hsdp":  # checked before anything is built; kept here for direct callers
-            build_mesh(info, parallel, dp_shard)
+    if init is not None:
+        init()
+    if layout.dp > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
     return wrapped
@@ -184,6 +321,45 @@ def grad_norm_value(norm: torch.Tensor) -> float:
     """`clip_grad_norm_`'s result as a float; with DTensor gradients it is a DTensor (the same on every rank)."""
     full = getattr(norm, "full_tensor", None)
     return float((full() if full is not None else norm).item())
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, layout: Layout | None = None,
+                   counted_elsewhere: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """Clip the global gradient norm of `params`, as `torch.nn.utils.clip_grad_norm_`, for any layout.
+
+    torch's own handles plain tensors, or DTensors that all live on one mesh. Tensor parallelism mixes DTensors
+    (the block projections) with plain tensors (embedding, norms, head), FSDP + TP mixes 2-D and 1-D meshes, and
+    pipeline stages each hold a part of the model. So: the norm of each group (plain; DTensors of one mesh and
+    placement, made whole over their mesh), their squares summed, summed over the pipeline stages, then every
+    gradient scaled by the same factor as torch's. `counted_elsewhere`: parameters scaled but left out of the norm
+    (a tied embedding's copy on the last pipeline stage: the first stage counts it)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    dtensor = [_is_dtensor(g) for g in grads]
+    pp = layout is not None and layout.pp > 1
+    one_mesh = all(dtensor) and len({(g.device_mesh, tuple(g.placements)) for g in grads}) == 1
+    if not pp and (not any(dtensor) or one_mesh):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    groups: dict[Any, list[torch.Tensor]] = {}
+    skip = {id(p.grad) for p in counted_elsewhere}
+    for g, is_d in zip(grads, dtensor):
+        if id(g) in skip:
+            continue
+        groups.setdefault((g.device_mesh, tuple(g.placements)) if is_d else None, []).append(g)
+    squares = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    for key, gs in groups.items():
+        norm = torch.nn.utils.get_total_norm(gs, 2.0)
+        norm = norm.full_tensor() if key is not None else norm
+        squares += norm.float() ** 2
+    if pp:
+        dist.all_reduce(squares, group=layout.mesh["pp"].get_group())
+    total = squares.sqrt()
+    coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
 
 
 # ---- state dicts that do not depend on the layout ---------------------------------------------------------------
@@ -212,20 +388,33 @@ def materialize(skeleton: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modul
     return module
 
 
-def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Collective (every rank calls it): the full state dict on CPU on rank 0, `{}` on the others."""
+def full_model_state(module: nn.Module, layout: Layout | None = None) -> dict[str, torch.Tensor]:
+    """Collective (every rank calls it): the full state dict on CPU on rank 0, `{}` on the others. Pipeline
+    stages each make their own part whole and rank 0 gathers the parts (names are the whole model's)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     reshard(module)
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if layout is None or layout.pp == 1:
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    part = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    part = {k: v.detach().cpu() for k, v in part.items()} if layout.dp_rank == layout.tp_rank == 0 else {}
+    parts: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
+    dist.gather_object(part, parts if dist.get_rank() == 0 else None, dst=0)
+    return {k: v for p in parts for k, v in p.items()} if dist.get_rank() == 0 else {}
 
 
-def load_full_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Collective: rank 0's full `state` into the (sharded) `module` on every rank (others pass `{}`)."""
+def load_full_model_state(module: nn.Module, state: dict[str, torch.Tensor], layout: Layout | None = None) -> None:
+    """Collective: rank 0's full `state` into the (sharded) `module` on every rank (others pass `{}`). Pipeline
+    stages hold different names, so there rank 0's state goes to every rank and each loads its own names."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     reshard(module)
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if layout is None or layout.pp == 1:
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        return
+    state = broadcast_object(state)
+    mine = {k: state[k] for k in module.state_dict()}
+    set_model_state_dict(module, mine, options=StateDictOptions(full_state_dict=True))
 
 
 def _ordered_names(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -302,7 +491,10 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
 def save_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
     """Collective: every rank writes its own part of the optimizer state into `folder` with
     `torch.distributed.checkpoint` (keyed by parameter names, DTensor shards with their global shapes), so no
-    rank ever holds the whole state; `load_sharded_optimizer` reads it back into any layout."""
+    rank ever holds the whole state; `load_sharded_optimizer` reads it back into any layout.
+
+    Flattened (`state.<name>.exp_avg`, `param_groups.<name>.lr`): the groups are keyed by parameter name too,
+    because layouts group parameters differently (tensor parallelism splits a group by placement)."""
     import shutil
 
     import torch.distributed.checkpoint as dcp
@@ -312,29 +504,47 @@ def save_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, 
     if dist.get_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)  # a crashed save's leftovers
     barrier()
-    dcp.save({"optimizer": get_optimizer_state_dict(module, optimizer)}, checkpoint_id=str(folder))
+    state = get_optimizer_state_dict(module, optimizer, options=_flat_options(True))
+    dcp.save({"optimizer": state}, checkpoint_id=str(folder))
+
+
+def _flat_options(flat: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=flat)
+
+
+def _is_flat(folder: Any) -> bool:
+    """Whether a DCP optimizer folder keys its groups by name (written since --tp), not by group index."""
+    import torch.distributed.checkpoint as dcp
+
+    keys = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    return not any(k.startswith("optimizer.param_groups.0.") for k in keys)
 
 
 def load_sharded_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, folder: Any) -> None:
-    """Load a `save_sharded_optimizer` folder into this layout (another world size or `--parallel` included): the
-    current state's shapes and placements are the template and DCP reads each rank's slices into it."""
+    """Load a `save_sharded_optimizer` folder into this layout (another world size, `--parallel`, `--tp` or `--pp`
+    included): the current state's shapes and placements are the template and DCP reads each rank's slices."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
+    options = _flat_options(_is_flat(folder))
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         # ZeRO-1 holds whole parameters: read the whole state through a plain AdamW over them, then ZeRO keeps
         # its partition of it
         whole = torch.optim.AdamW([dict(g) for g in optimizer.param_groups])
-        state = {"optimizer": get_optimizer_state_dict(module, whole)}
+        state = {"optimizer": get_optimizer_state_dict(module, whole, options=options)}
         dcp.load(state, checkpoint_id=str(folder))
-        load_optimizer_state(module, optimizer, state["optimizer"])
+        set_optimizer_state_dict(module, whole, state["optimizer"], options=options)
+        load_optimizer_state(module, optimizer, whole.state_dict())  # index-keyed, in ZeRO's parameter order
         return
     if is_fsdp(module):
         reshard(module)
-    state = {"optimizer": get_optimizer_state_dict(module, optimizer)}  # (creates the moments if none exist yet)
+    # (creates the moments if none exist yet)
+    state = {"optimizer": get_optimizer_state_dict(module, optimizer, options=options)}
     dcp.load(state, checkpoint_id=str(folder))
-    set_optimizer_state_dict(module, optimizer, state["optimizer"])
+    set_optimizer_state_dict(module, optimizer, state["optimizer"], options=options)
 
 
 def is_fsdp(module: nn.Module) -> bool:
@@ -436,7 +646,7 @@ def has_meta_params(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def materialize_and_init(module: nn.Module, device: torch.device, seed: int) -> None:
+def materialize_and_init(module: nn.Module, device: torch.device, seed: int, whole: nn.Module | None = None) -> None:
     """Allocate a module built on `meta` (and sharded) on `device` and initialise it exactly as
     `torch.manual_seed(seed); GPT(config)` does in one process, holding at most one full parameter at a time.
 
@@ -445,9 +655,13 @@ def materialize_and_init(module: nn.Module, device: torch.device, seed: int) -> 
     module by module on a temporary full-size copy of that module's own parameters, of which this rank keeps
     its shard. Every rank draws the same numbers, so the shards fit together. (A tied head is drawn twice, as in
     one process: by its constructor and by `init_weights`, and the last draw wins.)
+
+    `whole`: the model `module` is a pipeline stage of. Its other stages' modules stay on meta, yet their draws
+    are replayed (and dropped), so this stage's numbers are those of the same layers in one process.
     """
     module.to_empty(device=device)
     _retie(module)  # to_empty gives a plain module's tied parameter two new tensors (fully_shard keeps one)
+    module = whole if whole is not None else module
     torch.manual_seed(seed)
     for m in module.modules():  # registration order = construction order
         if callable(getattr(m, "reset_parameters", None)) and next(m.parameters(recurse=False), None) is not None:
@@ -476,6 +690,8 @@ def _on_full_params(m: nn.Module, fn: Any, device: torch.device) -> None:
         for name, p in saved.items():
             full = m._parameters[name].detach()
             m._parameters[name] = p
+            if p.is_meta:  # another pipeline stage's: only its draws mattered
+                continue
             if _is_dtensor(p):  # no communication: every rank holds the same full tensor
                 part = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
                 p.to_local().copy_(part)

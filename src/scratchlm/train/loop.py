@@ -47,6 +47,7 @@ from scratchlm.train.config import TrainConfig
 from scratchlm.train.guard import OK, ROLLBACK, SpikeGuard
 from scratchlm.train.modes.base import Batch, Mode
 from scratchlm.train.optim import build_optimizer, lr_at, set_lr
+from scratchlm.train.pipeline import Pipeline, split_model
 from scratchlm.train.plots import plot_loss
 from scratchlm.train.progress import Bar, ExternalLoggers, MetricsLog, flops_per_token, peak_flops
 
@@ -235,7 +236,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def gradient_accumulation(cfg: TrainConfig, context_length: int, world_size: int) -> int:
-    """Micro-batches per rank per optimizer step, from the global batch in tokens; a remainder is an error."""
+    """Micro-batches per rank per optimizer step, from the global batch in tokens; a remainder is an error.
+    `world_size`: the data-parallel ranks (processes / (tp x pp))."""
     per_pass = cfg.micro_batch_size * context_length * world_size
     if cfg.global_batch_tokens is None:
         return 1
@@ -246,6 +248,14 @@ def gradient_accumulation(cfg: TrainConfig, context_length: int, world_size: int
             f"choose a global batch that is a multiple of {per_pass}"
         )
     return cfg.global_batch_tokens // per_pass
+
+
+def _data_parallel_entries(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A checkpoint's per-rank RNG and loader states, one per data-parallel rank (the tp and pp ranks of one
+    data-parallel rank read the same batches); checkpoints from before --tp/--pp had one rank per dp rank."""
+    if ranks and "dp" in ranks[0]:
+        return [next(r for r in ranks if r["dp_rank"] == i) for i in range(ranks[0]["dp"])]
+    return ranks
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -278,12 +288,15 @@ class Trainer:
         self.device = self.info.device
         self.main = self.info.is_main
         self.precision = resolve_precision(cfg.precision, self.device)
-        # zero2/fsdp/hsdp: parameters are DTensor shards; evaluation, sampling and saving become collective
-        self.sharded = D.is_sharded(cfg.parallel, self.info)
+        # the processes as pp x dp x tp on one DeviceMesh (a world size that is no such product: one line)
+        self.layout = D.plan_layout(self.info, cfg.parallel, cfg.tp, cfg.pp, cfg.dp_shard)
+        # zero2/fsdp/hsdp, --tp, --pp: no rank holds the whole model; evaluation, sampling and saving are collective
+        self.sharded = not self.layout.whole_on_every_rank
         if self.sharded and self.precision == "fp16":
-            raise ScratchlmError(f"--precision fp16 is not supported with --parallel {cfg.parallel}; use bf16")
+            raise ScratchlmError(f"--precision fp16 is not supported with --parallel {cfg.parallel}, --tp or --pp; "
+                                 "use bf16")
         # under FSDP2, bf16 is its MixedPrecisionPolicy (bf16 parameters, fp32 reductions), not autocast
-        self.autocast_precision = "fp32" if self.sharded else self.precision
+        self.autocast_precision = "fp32" if self.layout.fsdp else self.precision
         if cfg.onednn is not None:
             onednn.set_enabled(cfg.onednn)
         if self.device.type == "cuda":
@@ -307,8 +320,9 @@ class Trainer:
             self.module.to(self.device)
         base_config = getattr(model, "config", None)
         self.model_config = to_dict(base_config) if base_config is not None else None
-        self.accum = gradient_accumulation(cfg, mode.context_length, self.info.world_size)
-        self.tokens_per_step = cfg.micro_batch_size * mode.context_length * self.accum * self.info.world_size
+        dp = self.layout.dp  # batches, token counts and accumulation are per data-parallel rank
+        self.accum = gradient_accumulation(cfg, mode.context_length, dp)
+        self.tokens_per_step = cfg.micro_batch_size * mode.context_length * self.accum * dp
         self.total_steps = cfg.max_steps
         if self.total_steps is None and cfg.max_tokens is not None:
             self.total_steps = math.ceil(cfg.max_tokens / self.tokens_per_step)
@@ -317,20 +331,34 @@ class Trainer:
         self.skeleton = D.meta_skeleton(self.module) if self.sharded else None
         if on_meta and not self.sharded:  # replicas hold everything anyway (and DDP needs real tensors)
             D.materialize_and_init(self.module, self.device, cfg.seed)
-        # data parallelism first (the documented order), then the optimizer over the wrapped parameters
+        # from outside the model, in order: pipeline split, tensor parallel, checkpointing, compile, data parallel
+        whole = self.module
+        self.pipeline: Pipeline | None = None
+        if cfg.pp > 1:
+            if mode.name != "pretrain":  # the last stage computes the pretraining loss itself
+                raise ScratchlmError(f"--pp trains `pretrain` only, not {mode.name}; use --parallel fsdp (and --tp)")
+            self.module = split_model(whole, self.layout)
+        if cfg.tp > 1 and base_config is not None:
+            D.check_tensor_parallel(base_config, cfg.tp)
+        # only once its parameters are placed (sharded, split) does each rank allocate its part and initialise it
+        init = (lambda: D.materialize_and_init(self.module, self.device, cfg.seed, whole=whole)) \
+            if on_meta and self.sharded else None
         self.wrapped = D.wrap(self.module, self.info, cfg.compile, cfg.activation_checkpointing, cfg.parallel,
-                              cfg.dp_shard, self.precision)
-        if on_meta and self.sharded:  # only now, sharded, does each rank allocate (its part) and initialise it
-            D.materialize_and_init(self.module, self.device, cfg.seed)
+                              cfg.dp_shard, self.precision, self.layout, init)
+        if cfg.pp > 1:
+            self.pipeline = Pipeline(self.module, self.wrapped, self.layout, cfg.pp_schedule,
+                                     cfg.pp_microbatches or cfg.pp, self.device)
+            self.pipeline.tie_initial_weights()
+        # the optimizer last, over the wrapped (sharded) parameters
         self.optimizer = build_optimizer(
             self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, self.device.type,
-            shard_state=cfg.parallel == "zero1" and self.info.is_distributed,
+            shard_state=cfg.parallel == "zero1" and dp > 1,
             optimizer=cfg.optimizer, muon_lr=cfg.muon_lr, muon_momentum=cfg.muon_momentum,
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = SpikeGuard(cfg.spike_window, cfg.spike_zscore, cfg.spike_patience, clipped=cfg.grad_clip > 0)
-        self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.info.rank, self.info.world_size)
+        self.stream = mode.train_batches(cfg.micro_batch_size, cfg.seed, self.layout.dp_rank, dp)
         self.evaluate_val = self._check_validation()
         if cfg.eval_tasks:  # likewise a typo in a task name
             from scratchlm.eval.periodic import check_tasks
@@ -346,8 +374,9 @@ class Trainer:
         self.floor_reported = False
         self.last_checkpoint: Path | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.main)
-        # different ranks draw different dropout masks; rank 0 keeps the plain seed (1 process == rank 0)
-        torch.manual_seed(cfg.seed + self.info.rank)
+        # data-parallel ranks draw different dropout masks (the tp ranks of one batch the same ones); rank 0
+        # keeps the plain seed (1 process == rank 0)
+        torch.manual_seed(cfg.seed + self.layout.dp_rank)
         if self.resume_from is not None:
             self._check_and_load(self.resume_from, restore_stream=True)
         else:
@@ -357,7 +386,8 @@ class Trainer:
 
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False), "run config")
 
-        n_params = sum(p.numel() for p in self.module.parameters())
+        whole_model = self.skeleton if self.skeleton is not None else self.module  # (all pipeline stages)
+        n_params = sum(p.numel() for p in whole_model.parameters())
         self.flops_per_token = None
         if base_config is not None:
             self.flops_per_token = flops_per_token(
@@ -365,6 +395,10 @@ class Trainer:
             )
         self.peak = peak_flops(self.device, self.precision)
         self.n_params = n_params
+
+    def _layout_note(self) -> str:
+        lay = self.layout
+        return f" = pp {lay.pp} x dp {lay.dp} x tp {lay.tp}" if lay.tp > 1 or lay.pp > 1 else ""
 
     def _check_validation(self) -> bool:
         """Before step 1: can every evaluation of this run score at least one validation batch?
@@ -401,7 +435,7 @@ class Trainer:
             plain = self.plain_module()
             if plain is not None:
                 self.mode.load_weights(plain, path)
-            D.load_full_model_state(self.module, plain.state_dict() if plain is not None else {})
+            D.load_full_model_state(self.module, plain.state_dict() if plain is not None else {}, self.layout)
         else:
             self.mode.load_weights(self.module, path)
         ts = checkpoint.load_train_state(path)
@@ -423,12 +457,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.last_checkpoint = path
         if restore_stream:
-            rank = self.info.rank if len(state["ranks"]) == self.info.world_size else 0
-            if len(state["ranks"]) != self.info.world_size:
-                D.print0(f"note: resuming {len(state['ranks'])}-process state on {self.info.world_size}; "
-                         "data order continues from rank 0's cursor")
-            self.stream.load_state_dict(state["ranks"][rank]["loader"])
-            _set_rng_state(state["ranks"][rank]["rng"])
+            saved = _data_parallel_entries(state["ranks"])
+            entry = saved[self.layout.dp_rank] if len(saved) == self.layout.dp else saved[0]
+            if len(saved) != self.layout.dp:
+                D.print0(f"note: resuming {len(saved)} data-parallel rank(s)' state on {self.layout.dp}; "
+                         "data order continues from data-parallel rank 0's cursor")
+            self.stream.load_state_dict(entry["loader"])
+            _set_rng_state(entry["rng"])
             self.metrics.reset(state["history"])
 
     def save(self) -> Path | None:
@@ -439,7 +474,8 @@ class Trainer:
         """
         from scratchlm import checkpoint
 
-        ranks = D.gather_object({"rng": _rng_state(), "loader": self.stream.state_dict()})
+        ranks = D.gather_object({"rng": _rng_state(), "loader": self.stream.state_dict(),
+                                 "dp_rank": self.layout.dp_rank, "dp": self.layout.dp})
         staged = None
         if self.sharded:  # every rank writes its part, staged in the run folder, moved into the step folder below
             staged = self.out / f".{STEP_PREFIX}{self.step:06d}.{OPTIMIZER_DCP}"
@@ -501,7 +537,7 @@ class Trainer:
         if not self.sharded:
             return self.module
         assert self.skeleton is not None
-        state = D.full_model_state(self.module)
+        state = D.full_model_state(self.module, self.layout)
         return D.materialize(self.skeleton, state) if self.main else None
 
     # ---- evaluation and samples -----------------------------------------------------------------------------
@@ -521,8 +557,14 @@ class Trainer:
                 for i, batch in enumerate(batches):
                     if self.cfg.eval_batches and i >= self.cfg.eval_batches:
                         break
+                    batch = _to_device(batch, self.device)
                     with _autocast(self.device, self.autocast_precision):
-                        loss, _ = self.mode.loss(self.module, _to_device(batch, self.device))
+                        if self.pipeline is None:
+                            loss, _ = self.mode.loss(self.module, batch)
+                        elif len(batch["ids"]) % self.pipeline.microbatches:
+                            continue  # a short last batch the pipeline's micro-batches do not divide
+                        else:
+                            loss = self.pipeline.share(self.pipeline.eval(batch))
                     total += _scalar(loss)
                     n += 1
                 if n:
@@ -582,6 +624,11 @@ class Trainer:
         tokens = 0
         for micro in range(self.accum):
             batch = _to_device(next(self.stream), self.device)
+            if self.pipeline is not None:  # forward and backward through the stages (the stage syncs gradients)
+                with _autocast(self.device, self.autocast_precision):
+                    loss_sum += self.pipeline.step(batch, self.accum)
+                tokens += self.mode.tokens_in(batch)
+                continue
             D.set_grad_sync(self.wrapped, micro == self.accum - 1)
             with _autocast(self.device, self.autocast_precision):
                 loss, metrics = self.mode.loss(self.wrapped, batch)
@@ -592,14 +639,19 @@ class Trainer:
             tokens += self.mode.tokens_in(batch)
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.pipeline is not None:
+            self.pipeline.sum_tied_gradients()
+            # the loss exists on the last stage: every stage logs and guards with it
+            loss_sum = self.pipeline.share(loss_sum)
+        grad_norm = D.clip_grad_norm(self.params, max_norm, self.layout,
+                                     self.pipeline.counted_elsewhere if self.pipeline is not None else ())
         # one small all-reduce per step: mean loss over ranks, and whether any rank got a signal / ran out of time
         flags = [float(self.stopper.signal is not None), float(self._out_of_time())]
         stats = D.all_reduce_mean(torch.stack([loss_sum / self.accum, *map(loss_sum.new_tensor, flags)]))
         loss_v, signal_v, time_v = stats.tolist()
         self.stop_signal, self.stop_time = signal_v > 0, time_v > 0
         norm_v = D.grad_norm_value(grad_norm)
-        self.tokens += tokens * self.info.world_size
+        self.tokens += tokens * self.layout.dp
 
         verdict, reason = OK, ""
         if self.scaler.is_enabled() and not math.isfinite(norm_v):
@@ -661,8 +713,8 @@ class Trainer:
         loggers = ExternalLoggers(self.out, cfg.tensorboard, cfg.wandb, to_dict(cfg), enabled=self.main)
         D.print0(
             f"training {self.mode.name}: {self.n_params / 1e6:.2f}M parameters on {self.device} "
-            f"({self.info.world_size} process(es), {self.precision}), {self.accum} accumulation step(s), "
-            f"{self.tokens_per_step:,} tokens/step, run folder {self.out}"
+            f"({self.info.world_size} process(es){self._layout_note()}, {self.precision}), "
+            f"{self.accum} accumulation step(s), {self.tokens_per_step:,} tokens/step, run folder {self.out}"
             + (f", resumed from {self.resume_from.name} at step {self.step}" if self.resume_from else "")
         )
         self.module.train()
@@ -694,6 +746,7 @@ class Trainer:
                         record.update(extra_metrics)
                         postfix = {"loss": f"{loss_v:.4f}", "lr": f"{self.lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
                         if self.peak and self.flops_per_token:
+                            # the whole model's FLOPs per token over every device's peak (all of pp x dp x tp)
                             record["mfu"] = self.flops_per_token * tok_s / (self.peak * self.info.world_size)
                             postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
                         record["elapsed_s"] = now - self.t_start

@@ -25,15 +25,24 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     """Two AdamW groups over the trainable parameters: matrices decay, vectors and scalars do not.
 
     Tied weights appear once (`named_parameters` de-duplicates them), so they are updated once per step.
+    Under tensor parallelism a group is split further by where its tensors live (plain tensors; DTensors of one
+    mesh and placement), because the fused and foreach kernels take one kind per call.
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, Any], list[nn.Parameter]] = {}
     for _, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
-    groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
-    return [g for g in groups if g["params"]]
+        mesh = getattr(p, "device_mesh", None)
+        where = (mesh, tuple(p.placements)) if mesh is not None else None
+        groups.setdefault((p.dim() >= 2, where), []).append(p)
+    wheres = list(dict.fromkeys(where for _, where in groups))
+    out = []
+    for decays, name in ((True, "decay"), (False, "no_decay")):
+        for where in wheres:
+            if (decays, where) in groups:
+                out.append({"params": groups[decays, where], "weight_decay": weight_decay if decays else 0.0,
+                            "name": name})
+    return out
 
 
 def build_optimizer(
