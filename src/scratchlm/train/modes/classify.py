@@ -5,7 +5,7 @@
 Why the last real token: with causal attention it is the only position that has seen the whole text, and it
 has seen nothing after it, so right-padding a batch to 20 or 200 tokens cannot change the prediction (a test
 checks it). What trains (`train`): `head` only, `last` K blocks + the final norm + the head, or `all`; with
-LoRA the adapters and the head train.
+adapters (LoRA, a prefix or a soft prompt) the adapters and the head train.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from scratchlm.data.finetune import ClassificationData, EpochBatches, collate_cl
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.classifier import ClassifierModel
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.train.modes.base import Batch, BatchStream
 from scratchlm.train.modes.finetune import FinetuneMode, trainable
 
@@ -67,8 +68,10 @@ class ClassifyMode(FinetuneMode):
         last_k: int = 1,
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
+        prefix: PrefixConfig | None = None,
+        prefix_kind: str = "prefix",
     ) -> None:
-        super().__init__(lora, base_checkpoint)
+        super().__init__(lora, base_checkpoint, prefix, prefix_kind)
         if train not in TRAINABLE:
             raise ScratchlmError(f"--train {train!r} is unknown; use one of {', '.join(TRAINABLE)}")
         self.data, self.pad_id, self.max_length = data, pad_id, max_length
@@ -81,8 +84,8 @@ class ClassifyMode(FinetuneMode):
 
     def setup(self, model: nn.Module, tokenizer: Any) -> nn.Module:
         module = ClassifierModel(model, len(self.data.labels))  # type: ignore[arg-type]
-        if self.lora is not None:
-            self.apply_lora(module.model)  # freezes the base
+        if self.adapters:
+            self.apply_adapters(module.model)  # freezes the base
             trainable(module.head.parameters())
         else:
             set_trainable(module, self.spec.train, self.spec.last_k)
