@@ -127,6 +127,11 @@ def test_generate_and_eval_read_a_prefix_checkpoint(kind: str, prefix_runs: dict
     context = model.config.context_length
     assert nll == pytest.approx(perplexity_of_text(model, tok, text, context, context // 2).nll, rel=1e-5)
     assert abs(nll - perplexity_of_text(base, tok, text, context, context // 2).nll) > 0.1  # total nats
+    # no export format holds a prefix: one line, nothing written
+    assert main(["convert", "to-hf", str(run), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is {kind}-tuned: a Hugging Face GPT-2/Llama folder has no place" in err
+    assert not (tmp_path / "hf").exists()
 
 
 @pytest.mark.slow

@@ -124,6 +124,15 @@ def _adapted(step: Path, config: dict[str, Any], device: Any, dtype: torch.dtype
     return merge_lora(base) if merge else base  # type: ignore[return-value]
 
 
+def refuse_prefix(loaded: Loaded, what: str) -> None:
+    """One-line error when `loaded` carries a prefix/prompt (which `what`, e.g. an export format, cannot hold)."""
+    if "prefix" in loaded.config:
+        raise ScratchlmError(
+            f"{loaded.step} is {loaded.config['prefix'].get('kind', 'prefix')}-tuned: {what} has no place for its "
+            "prefix; use the checkpoint with scratchlm's own commands, or finetune with --peft lora and merge"
+        )
+
+
 def load(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[GPT, Tokenizer]:
