@@ -29,7 +29,6 @@ from scratchlm.model.lora import LoRAConfig
 from scratchlm.model.prefix import PrefixConfig
 from scratchlm.train.config import TrainConfig
 
-
 PEFTS = ("none", "lora", "prefix", "prompt")
 
 
