@@ -111,8 +111,8 @@ def base_of(step: Path, lora: Mapping[str, Any], section: str = "lora") -> Path:
     want = lora.get("base_sha256")
     if want is not None and weights_sha256(base) != want:
         raise ScratchlmError(
-            f"the {_what(section)} checkpoint {step} was trained on another version of its base {base} (its weights' sha256 "
-            "changed since); restore that base, or finetune again from the current one"
+            f"the {_what(section)} checkpoint {step} was trained on another version of its base {base} (its "
+            "weights' sha256 changed since); restore that base, or finetune again from the current one"
         )
     return base
 
