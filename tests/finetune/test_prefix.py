@@ -1,6 +1,6 @@
 """Prefix and prompt tuning through the one loop and the one loader: only the prefix trains (the base stays bitwise
 equal), the adapter folder holds only the prefix and reloads to the very model that trained, every command
-reads it (generate, chat's engine, serve, eval, classify), bad lengths are one-line errors."""
+reads it (generate, chat, eval, classify; serve is slow-marked), bad lengths are one-line errors."""
 
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ PROMPT = "Name a colour"
 
 @pytest.mark.parametrize("kind", ["prefix", "prompt"])
 def test_generate_and_eval_read_a_prefix_checkpoint(kind: str, prefix_runs: dict[str, Path], char_ckpt: Path,
-                                                    mirror: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run = prefix_runs[kind]
     capsys.readouterr()
     model, tok = checkpoint.load(run)
@@ -117,6 +117,19 @@ def test_generate_and_eval_read_a_prefix_checkpoint(kind: str, prefix_runs: dict
     assert main(["generate", "--checkpoint", str(run), "--prompt", PROMPT, "--max-new-tokens", "12",
                  "--temperature", "0", "--raw"]) == 0
     assert capsys.readouterr().out == want + "\n"
+    # chat: the checkpoint's template, the engine, the loaded prefix
+    import io
+
+    from scratchlm.generate import SampleConfig, stream_completion
+    from scratchlm.generate.chat import chat_prompt
+
+    framed = chat_prompt(ChatTemplate.from_config(checkpoint.load_config(run)["chat_template"]), tok,
+                         [{"role": "user", "content": PROMPT}])
+    config = SampleConfig(temperature=0.0, max_new_tokens=8, stop=framed.stop_strings)
+    *_, (_, done) = stream_completion(model, tok, framed.ids, config, stop_ids=framed.stop_ids)
+    monkeypatch.setattr("sys.stdin", io.StringIO(PROMPT + "\n/exit\n"))
+    assert main(["chat", "--checkpoint", str(run), "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith(done.text + "\n")
     # eval perplexity == the evaluation function on the loaded model (and not the base's)
     from scratchlm.eval.perplexity import perplexity_of_text
 
