@@ -240,3 +240,19 @@ def test_prefix_tuned_spam_classifier_beats_the_majority_class(mirror: Path, tmp
     majority = max(y_true.count(c) for c in set(y_true)) / len(y_true)
     print("ACC", accuracy, majority)
     assert majority == pytest.approx(0.8564, abs=1e-4) and accuracy >= majority + 0.05, accuracy
+
+
+def test_peft_flag_and_todays_lora_flags() -> None:
+    from scratchlm.cli.finetune import SFTConfig
+    from scratchlm.cli.parsing import parse
+    from scratchlm.errors import ConfigError
+
+    need = ["--checkpoint", "c", "--data", "d"]
+    assert parse(SFTConfig, [*need, "--peft", "lora"], "p").lora.rank == 8  # the default rank
+    old = parse(SFTConfig, [*need, "--lora-rank", "4"], "p")  # no --peft: still LoRA
+    assert (old.peft, old.lora.rank, old.adapters()["lora"].rank) == ("lora", 4, 4)
+    prompt = parse(SFTConfig, [*need, "--peft", "prompt", "--prefix-length", "7"], "p")
+    assert prompt.adapters() == {"lora": None, "prefix": PrefixConfig(7), "prefix_kind": "prompt"}
+    assert parse(SFTConfig, need, "p").adapters() == {"lora": None}
+    with pytest.raises(ConfigError, match="^--peft 'ia3' is unknown; use one of none, lora, prefix, prompt"):
+        parse(SFTConfig, [*need, "--peft", "ia3"], "p")
