@@ -238,7 +238,6 @@ def test_prefix_tuned_spam_classifier_beats_the_majority_class(mirror: Path, tmp
     y_true, y_pred, _ = predict_batches(checkpoint.read(result.checkpoint).model, mode.test_batches(64))
     accuracy = classification_report(y_true, y_pred, data.labels)["accuracy"]
     majority = max(y_true.count(c) for c in set(y_true)) / len(y_true)
-    print("ACC", accuracy, majority)
     assert majority == pytest.approx(0.8564, abs=1e-4) and accuracy >= majority + 0.05, accuracy
 
 
