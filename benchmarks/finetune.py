@@ -96,9 +96,11 @@ def bag_of_tokens(data, steps: int) -> tuple[float, dict, int]:
 
 
 def trainable_params(step: Path) -> int:
-    """Parameters in the checkpoint's trained files (adapter-only checkpoints hold only what trained)."""
+    """Parameters in the checkpoint's trained files (adapter-only checkpoints hold only what trained; a
+    reparameterised prefix trained its table and MLP, kept for resume, and saves the smaller folded prefix)."""
     n = 0
-    for f in ("adapters.safetensors", "model.safetensors", "classifier.safetensors"):
+    trained = "prefix_train.safetensors" if (step / "prefix_train.safetensors").is_file() else "adapters.safetensors"
+    for f in (trained, "model.safetensors", "classifier.safetensors"):
         if (step / f).is_file():
             with safe_open(str(step / f), framework="pt") as st:
                 n += sum(_prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
