@@ -1,5 +1,5 @@
 """Every finetuning mode resumes exactly: 3 steps + resume + 3 steps == 6 straight steps (weights bitwise,
-losses and mode metrics equal), LoRA runs included; each run writes metrics.jsonl and loss.png."""
+losses and mode metrics equal), LoRA, prefix (reparameterised) and prompt runs included; each run writes metrics.jsonl and loss.png."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ def _data(kind: str, mirror: Path, tmp_path: Path) -> tuple[Path, list[str]]:
 
 CASES = [("classify", []), ("sft", ["--lora-rank", "4", "--lora-dropout", "0.1", "--lora-targets", "q,v,mlp"]),
          ("dpo", ["--lora-rank", "2", "--lora-targets", "q,k,v,o"]), ("sft", []),
+         ("sft", ["--peft", "prefix", "--prefix-length", "3", "--prefix.reparam", "8"]),
+         ("classify", ["--peft", "prompt", "--prefix-length", "3"]),
          pytest.param("reward", ["--lora-rank", "2", "--lora-targets", "q,v"], marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize(("kind", "lora"), CASES,
-                         ids=["classify", "sft-lora", "dpo-lora", "sft-full", "reward-lora"])
+@pytest.mark.parametrize(("kind", "lora"), CASES, ids=["classify", "sft-lora", "dpo-lora", "sft-full", "sft-prefix-reparam",
+                                                     "classify-prompt", "reward-lora"])
 def test_resumed_run_equals_straight_run(kind: str, lora: list[str], char_ckpt: Path, mirror: Path,
                                          tmp_path: Path, metrics) -> None:
     data, extra = _data(kind, mirror, tmp_path)

@@ -25,6 +25,8 @@ Hugging Face folders are another format, converted in `scratchlm.interop.hf`.
 from scratchlm.checkpoint.finetuned import (
     ADAPTER_FILE,
     HEAD_FILE,
+    PREFIX_TRAIN_FILE,
+    adapter_section,
     base_model_of,
     base_of,
     base_path,
@@ -54,12 +56,12 @@ from scratchlm.checkpoint.folder import (
     weights_for_save,
     write,
 )
-from scratchlm.checkpoint.loader import Loaded, load, read
+from scratchlm.checkpoint.loader import Loaded, load, read, refuse_prefix
 
 __all__ = [
-    "ADAPTER_FILE", "CONFIG_FILE", "FORMAT_VERSION", "HEAD_FILE", "LATEST_FILE", "TOKENIZER_FILE",
-    "TRAIN_STATE_DIR", "WEIGHTS_FILE", "Loaded", "TrainState", "base_model_of", "base_of", "base_path", "base_record", "check_weights",
+    "ADAPTER_FILE", "CONFIG_FILE", "FORMAT_VERSION", "HEAD_FILE", "LATEST_FILE", "PREFIX_TRAIN_FILE", "TOKENIZER_FILE",
+    "TRAIN_STATE_DIR", "WEIGHTS_FILE", "Loaded", "TrainState", "adapter_section", "base_model_of", "base_of", "base_path", "base_record", "check_weights",
     "expected_shapes", "fill", "load", "load_config", "load_model_config", "load_train_state", "mark_latest",
-    "read", "resolve", "save", "save_finetuned", "save_step", "unwrap", "weights_for_save", "weights_sha256",
+    "read", "refuse_prefix", "resolve", "save", "save_finetuned", "save_step", "unwrap", "weights_for_save", "weights_sha256",
     "write",
 ]

@@ -3,6 +3,9 @@
     full finetune          model.safetensors (+ classifier.safetensors: the head, for classifiers and reward models)
     LoRA (adapter-only)    adapters.safetensors (the lora_A/lora_B tensors) + classifier.safetensors;
                            NO model.safetensors: config.json's `lora` section names the base checkpoint
+    prefix / prompt        adapters.safetensors (prefix.key/value, or a soft prompt's prefix.embedding)
+                           + classifier.safetensors; config.json's `prefix` section names the base; a
+                           reparameterised prefix run adds prefix_train.safetensors (E and the MLP: for resume only)
 
 An adapter-only folder is small (the gpt2 shape at rank 8 on q,k,v,o: 0.6M of 124M parameters) and resumes
 exactly. Its base is recorded as `lora.base`, a path RELATIVE to the adapter's step folder where one exists (so a
@@ -31,6 +34,16 @@ from scratchlm.tokenizer import Tokenizer
 
 ADAPTER_FILE = "adapters.safetensors"
 HEAD_FILE = "classifier.safetensors"
+PREFIX_TRAIN_FILE = "prefix_train.safetensors"
+ADAPTER_SECTIONS = ("lora", "prefix")  # config.json sections of adapter-only folders; each names its base
+
+
+def adapter_section(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(name, section) of an adapter-only folder's config.json (`lora` or `prefix`), or None."""
+    for name in ADAPTER_SECTIONS:
+        if isinstance(config.get(name), dict):
+            return name, config[name]
+    return None
 
 
 def base_model_of(module: nn.Module) -> GPT:
@@ -70,28 +83,36 @@ def _relative_base(lora: Mapping[str, Any], step: Path) -> dict[str, Any]:
     return {**lora, "base": rel}
 
 
-def base_path(step: Path, lora: Mapping[str, Any]) -> Path:
-    """The base step folder an adapter checkpoint names (not checked: `base_of` checks it)."""
+def _what(section: str) -> str:
+    return "LoRA" if section == "lora" else "prefix"
+
+
+def base_path(step: Path, lora: Mapping[str, Any], section: str = "lora") -> Path:
+    """The base step folder an adapter checkpoint names (not checked: `base_of` checks it); `section` is the
+    config.json section `lora` holds (lora or prefix)."""
     recorded = lora.get("base")
     if not isinstance(recorded, str):
-        raise ScratchlmError(f"the LoRA checkpoint {step} names no base (config.json lora.base); it is damaged")
+        raise ScratchlmError(
+            f"the {_what(section)} checkpoint {step} names no base (config.json {section}.base); it is damaged"
+        )
     return (Path(step) / recorded).resolve()  # an absolute record (older checkpoints) stays as it is
 
 
-def base_of(step: Path, lora: Mapping[str, Any]) -> Path:
+def base_of(step: Path, lora: Mapping[str, Any], section: str = "lora") -> Path:
     """The base step folder an adapter checkpoint names, checked to be the very one it was trained on."""
     recorded = lora.get("base")
-    base = base_path(step, lora)
+    base = base_path(step, lora, section)
     if not (base / CONFIG_FILE).is_file():
+        merge = ", or merge the adapters where both exist (scratchlm lora merge)" if section == "lora" else ""
         raise ScratchlmError(
-            f"the LoRA checkpoint {step} adapts the base checkpoint {base} (lora.base {recorded!r}), which no "
-            "longer exists; put the base back there, or merge the adapters where both exist (scratchlm lora merge)"
+            f"the {_what(section)} checkpoint {step} adapts the base checkpoint {base} ({section}.base "
+            f"{recorded!r}), which no longer exists; put the base back there{merge}"
         )
     want = lora.get("base_sha256")
     if want is not None and weights_sha256(base) != want:
         raise ScratchlmError(
-            f"the LoRA checkpoint {step} was trained on another version of its base {base} (its weights' sha256 "
-            "changed since); restore that base, or finetune again from the current one"
+            f"the {_what(section)} checkpoint {step} was trained on another version of its base {base} (its "
+            "weights' sha256 changed since); restore that base, or finetune again from the current one"
         )
     return base
 
@@ -111,10 +132,16 @@ def save_finetuned(
     head = getattr(unwrap(module), "head", None)
     if head is not None:
         files[HEAD_FILE] = head.state_dict()
-    if adapters_only:
+    prefix = getattr(model, "prefix", None)
+    if adapters_only and prefix is not None:
+        files[ADAPTER_FILE] = {f"prefix.{k}": t for k, t in prefix.saved_state().items()}
+        if prefix.training_state():
+            files[PREFIX_TRAIN_FILE] = prefix.training_state()
+    elif adapters_only:
         files[ADAPTER_FILE] = adapter_state_dict(model)
-    if "lora" in extra:
-        extra = {**extra, "lora": _relative_base(extra["lora"], path)}
+    for name in ADAPTER_SECTIONS:
+        if name in extra:
+            extra = {**extra, name: _relative_base(extra[name], path)}
     weights = None if adapters_only else weights_for_save(model)
     return write(path, model.config, weights, tokenizer, extra, train_state, files)
 
@@ -135,7 +162,13 @@ def fill(module: nn.Module, step: Path) -> None:
     """
     model = base_model_of(module)
     step = Path(step)
-    if (step / ADAPTER_FILE).is_file():
+    prefix = getattr(model, "prefix", None)
+    if prefix is not None:
+        if prefix.training_state():  # reparameterised: the folded prefix alone cannot continue training
+            prefix.load(_read(step / PREFIX_TRAIN_FILE))
+        else:
+            prefix.load(read_prefix(step))
+    elif (step / ADAPTER_FILE).is_file():
         load_adapter_state_dict(model, _read(step / ADAPTER_FILE))
     else:
         state = _read(step / WEIGHTS_FILE)
@@ -164,6 +197,11 @@ def fill(module: nn.Module, step: Path) -> None:
 
 def read_adapters(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return _read(step / ADAPTER_FILE, device)
+
+
+def read_prefix(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The adapter file of a prefix/prompt checkpoint, keyed as the prefix module's own state dict."""
+    return {k.removeprefix("prefix."): t for k, t in _read(step / ADAPTER_FILE, device).items()}
 
 
 def read_head(step: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -3,6 +3,9 @@
     plain (pretrained, imported)     model.safetensors                      -> GPT
     full finetune                    model.safetensors                      -> GPT
     LoRA adapter-only                adapters.safetensors + lora.base       -> GPT, adapters merged (merge=False: kept)
+    prefix / prompt tuning           adapters.safetensors + prefix.base     -> GPT with `model.prefix` (a soft
+                                                                               prompt folded to keys/values;
+                                                                               merge=False: kept as embeddings)
     classifier (full or LoRA)        ... + classifier.safetensors           -> ClassifierModel
     reward model (full or LoRA)      ... + classifier.safetensors (1 score) -> RewardModel
 
@@ -20,13 +23,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchlm.checkpoint.finetuned import ADAPTER_FILE, base_of, read_adapters, read_head
+from scratchlm.checkpoint.finetuned import (
+    ADAPTER_FILE,
+    adapter_section,
+    base_of,
+    read_adapters,
+    read_head,
+    read_prefix,
+)
 from scratchlm.checkpoint.folder import WEIGHTS_FILE, load_config, load_tokenizer, load_weights_into, resolve
 from scratchlm.dataclass_io import from_dict
 from scratchlm.errors import ScratchlmError
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.model.classifier import ClassifierModel, RewardModel
 from scratchlm.model.lora import LoRAConfig, inject_lora, load_adapter_state_dict, merge_lora
+from scratchlm.model.prefix import fold_prefix, load_prefix
 from scratchlm.model.vocab import resize_vocab
 from scratchlm.tokenizer import Tokenizer
 
@@ -104,12 +115,19 @@ _MAKE = {"lm": "`scratchlm pretrain`", "classifier": "`scratchlm finetune classi
 
 
 def _adapted(step: Path, config: dict[str, Any], device: Any, dtype: torch.dtype | None, merge: bool) -> GPT:
-    lora = config.get("lora")
-    if not isinstance(lora, dict):
+    found = adapter_section(config)
+    if found is None:
         raise ScratchlmError(f"{step} has {ADAPTER_FILE} but config.json has no lora section; it is damaged")
-    base = read(base_of(step, lora), device, dtype, expect="lm").model
+    section, lora = found
+    base = read(base_of(step, lora, section), device, dtype, expect="lm").model
     assert isinstance(base, GPT)
     resize_vocab(base, config["model"]["vocab_size"])
+    if section == "prefix":
+        kind, length = lora.get("kind"), lora.get("length")
+        if not isinstance(length, int) or kind not in ("prefix", "prompt"):
+            raise ScratchlmError(f"{step}: config.json prefix.kind/length are missing; the checkpoint is damaged")
+        load_prefix(base, kind, length, read_prefix(step, device))
+        return fold_prefix(base) if merge else base  # type: ignore[return-value]
     settings = {k: v for k, v in lora.items() if k not in ("base", "base_sha256")}
     inject_lora(base, from_dict(LoRAConfig, settings, "lora"), freeze=False)
     adapters = read_adapters(step, device)
@@ -117,6 +135,15 @@ def _adapted(step: Path, config: dict[str, Any], device: Any, dtype: torch.dtype
         adapters = {k: v.to(dtype) for k, v in adapters.items()}
     load_adapter_state_dict(base, adapters)
     return merge_lora(base) if merge else base  # type: ignore[return-value]
+
+
+def refuse_prefix(loaded: Loaded, what: str) -> None:
+    """One-line error when `loaded` carries a prefix/prompt (which `what`, e.g. an export format, cannot hold)."""
+    if "prefix" in loaded.config:
+        raise ScratchlmError(
+            f"{loaded.step} is {loaded.config['prefix'].get('kind', 'prefix')}-tuned: {what} has no place for its "
+            "prefix; use the checkpoint with scratchlm's own commands, or finetune with --peft lora and merge"
+        )
 
 
 def load(

@@ -26,7 +26,10 @@ from scratchlm.dataclass_io import to_dict
 from scratchlm.errors import ConfigError, ScratchlmError
 from scratchlm.fs import check_out_dir, is_checkpoint_from
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.train.config import TrainConfig
+
+PEFTS = ("none", "lora", "prefix", "prompt")
 
 
 def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -35,7 +38,7 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass
 class _FinetuneBase(TrainConfig):
-    """Settings shared by every finetuning mode: the starting checkpoint, the data, LoRA, and the loop's flags."""
+    """Settings shared by every finetuning mode: the starting checkpoint, the data, adapters, and the loop's flags."""
 
     checkpoint: Path | None = None
     """Starting checkpoint (step or run folder): pretrained, imported from HF, or finetuned before."""
@@ -45,14 +48,21 @@ class _FinetuneBase(TrainConfig):
     """Longest example in tokens (longer ones are truncated); default: the model's context length."""
     val_fraction: float = 0.1
     """Fraction of the data held out for validation."""
+    peft: str = "none"
+    """Parameter-efficient finetuning, the base frozen: none (the selected weights train directly), lora (adapters,
+    --lora.*), prefix (learned keys/values before every layer's attention, --prefix-length) or prompt (learned
+    input embeddings, --prefix-length). --lora.rank R alone still means lora."""
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=0))
     """LoRA adapters (--lora.rank R, --lora.alpha, --lora.dropout, --lora.targets q,k,v,o,mlp): the same keys as
     the `lora` section of config.json. Rank 0 (the default): no LoRA, the selected weights train directly."""
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    """Prefix/prompt tuning (--prefix.length L or --prefix-length L, --prefix.reparam H): the keys of config.json's
+    `prefix` section. Used with --peft prefix or --peft prompt."""
 
     # the flags before `lora` became one section; they keep working
     FLAG_ALIASES: ClassVar[dict[str, str]] = {
         "lora_rank": "lora.rank", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
-        "lora_targets": "lora.targets",
+        "lora_targets": "lora.targets", "prefix_length": "prefix.length", "prefix_reparam": "prefix.reparam",
     }
 
     # the loop's defaults, tuned for finetuning rather than pretraining
@@ -85,6 +95,16 @@ class _FinetuneBase(TrainConfig):
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.peft not in PEFTS:
+            raise ConfigError(f"--peft {self.peft!r} is unknown; use one of {', '.join(PEFTS)}")
+        if self.peft == "none" and self.lora.enabled:
+            self.peft = "lora"  # today's --lora.rank R
+        elif self.peft == "lora" and not self.lora.enabled:
+            self.lora = dataclasses.replace(self.lora, rank=LoRAConfig.rank)  # --peft lora alone: the default rank
+        elif self.peft in ("prefix", "prompt") and self.lora.enabled:
+            raise ConfigError(f"--peft {self.peft} and --lora.rank {self.lora.rank} exclude each other; drop one")
+        if self.peft == "prompt" and self.prefix.reparam:
+            raise ConfigError("--prefix.reparam is for --peft prefix; prompt tuning learns the embeddings directly")
 
     def data_is_optional(self) -> bool:
         return False
@@ -93,7 +113,13 @@ class _FinetuneBase(TrainConfig):
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
     def lora_config(self) -> LoRAConfig | None:
-        return self.lora if self.lora.enabled else None
+        return self.lora if self.peft == "lora" else None
+
+    def adapters(self) -> dict[str, Any]:
+        """The mode's adapter arguments: lora, or prefix + prefix_kind."""
+        if self.peft in ("prefix", "prompt"):
+            return {"lora": None, "prefix": self.prefix, "prefix_kind": self.peft}
+        return {"lora": self.lora_config()}
 
 
 @dataclass
@@ -202,8 +228,13 @@ def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
     if cfg.checkpoint is None:
         raise ConfigError("--checkpoint is required: the folder of the model to finetune")
     step = checkpoint.resolve(cfg.checkpoint)
-    lora = checkpoint.load_config(step).get("lora")
-    base = checkpoint.base_path(step, lora) if isinstance(lora, dict) else None  # read() checks it, once
+    found = checkpoint.adapter_section(checkpoint.load_config(step))
+    if found is not None and found[0] == "prefix":  # its prefix is no weight of the model to train on from
+        raise ScratchlmError(
+            f"{cfg.checkpoint} is a {found[1].get('kind', 'prefix')}-tuned checkpoint; finetune from its base "
+            f"checkpoint ({checkpoint.base_path(step, found[1], 'prefix')}) instead"
+        )
+    base = checkpoint.base_path(step, found[1], found[0]) if found else None  # read() checks it, once
     check_out_dir(cfg.out, run_folder_test(type(cfg), mode), f"{mode} run", [cfg.checkpoint, step, base, cfg.data])
     seed_everything(cfg.seed)
     loaded = checkpoint.read(cfg.checkpoint, expect="lm")
@@ -248,7 +279,8 @@ def classify(argv: list[str], prog: str) -> int:
             cfg.val_fraction, cfg.test_fraction, cfg.balance, cfg.seed, cfg.pair_field,
         )
     pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-    mode = ClassifyMode(data, pad_id, cfg.max_length, cfg.train, cfg.last_k, cfg.lora_config(), cfg.checkpoint)
+    mode = ClassifyMode(data, pad_id, cfg.max_length, cfg.train, cfg.last_k,
+                        base_checkpoint=cfg.checkpoint, **cfg.adapters())
     result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     if result.checkpoint is None:
         return 0
@@ -313,7 +345,7 @@ def sft(argv: list[str], prog: str) -> int:
     model, tokenizer, config = _start(cfg, "sft")
     mode = SFTMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
-        cfg.val_fraction, cfg.seed, cfg.lora_config(), cfg.checkpoint,
+        cfg.val_fraction, cfg.seed, base_checkpoint=cfg.checkpoint, **cfg.adapters(),
     )
     train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     return 0
@@ -328,8 +360,8 @@ def dpo(argv: list[str], prog: str) -> int:
     model, tokenizer, config = _start(cfg, "dpo")
     mode = DPOMode(
         cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
-        cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
-        resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))),
+        cfg.drop_equal_pairs, cfg.micro_batch_size, base_checkpoint=cfg.checkpoint,
+        device=resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))), **cfg.adapters(),
     )
     train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     return 0
@@ -345,7 +377,7 @@ def reward(argv: list[str], prog: str) -> int:
     model, tokenizer, config = _start(cfg, "reward")
     mode = RewardMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.val_fraction, cfg.seed, cfg.drop_equal_pairs,
-        cfg.train, cfg.last_k, cfg.lora_config(), cfg.checkpoint,
+        cfg.train, cfg.last_k, base_checkpoint=cfg.checkpoint, **cfg.adapters(),
     )
     result = train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     if result.checkpoint is None:
@@ -471,6 +503,11 @@ def lora_merge(argv: list[str], prog: str) -> int:
     step = checkpoint.resolve(cfg.checkpoint)
     if not (step / checkpoint.ADAPTER_FILE).is_file():
         raise ScratchlmError(f"{step} has no {checkpoint.ADAPTER_FILE}: it is not a LoRA checkpoint, nothing to merge")
+    if "prefix" in checkpoint.load_config(step):
+        raise ScratchlmError(
+            f"{step} is a prefix/prompt-tuned checkpoint: its prefix is not a weight update and cannot be merged; "
+            "use the checkpoint itself (every command reads it)"
+        )
     base = checkpoint.base_path(step, checkpoint.load_config(step).get("lora") or {})  # read() checks it, once
     check_out_dir(
         cfg.out,

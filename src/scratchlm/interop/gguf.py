@@ -237,6 +237,7 @@ def export_gguf(
         raise ScratchlmError(f"GGUF dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     gguf = _gguf()
     loaded = checkpoint.read(ckpt, expect="lm")
+    checkpoint.refuse_prefix(loaded, "a GGUF file")
     model, tok = loaded.model, loaded.tokenizer
     config: ModelConfig = model.config  # type: ignore[assignment]
     arch = gguf_architecture(config)

@@ -116,6 +116,7 @@ def _gpt2_or(tok: Tokenizer) -> Tokenizer:
 def export_hf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     """scratchlm checkpoint (any language-model folder) -> HF folder for `AutoModelForCausalLM`. Returns notes."""
     loaded = checkpoint.read(ckpt, expect="lm")  # LoRA adapters come back merged
+    checkpoint.refuse_prefix(loaded, "a Hugging Face GPT-2/Llama folder")
     model, tok = loaded.model, loaded.tokenizer
     config = model.config
     hf_maps.hf_architecture_for(config)  # fail before writing anything

@@ -25,6 +25,8 @@ from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Linear, apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (B, T, 1, D/2), or None for learned positions
+# (layer, k, v, mask) -> (k, v, mask) with prefix slots prepended; set by `model/prefix.py`
+PrefixHook = Callable[[int, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, ...]]
 
 
 class CausalSelfAttention(nn.Module):
@@ -45,6 +47,7 @@ class CausalSelfAttention(nn.Module):
             _rotate if config.positions == "rope" else _no_rotate
         )
         self.attend = self._attend_sdpa if config.attn_impl == "sdpa" else self._attend_manual
+        self.prefix: PrefixHook | None = None  # prefix/prompt tuning (model/prefix.py): slots before position 0
 
     def forward(
         self,
@@ -67,6 +70,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             assert mask is not None and positions is not None
             k, v = cache.update(self.layer_idx, k, v, positions, length=mask.shape[-1])  # (B, H_kv, S, D)
+        if self.prefix is not None:  # every query also sees the P learned slots: (B, H_kv, P + S, D)
+            k, v, mask = self.prefix(self.layer_idx, k, v, mask)
         y = self.attend(q, k, v, mask)  # (B, H, T, D)
         # Merge heads. The fused kernels lay their output out like q, i.e. (B, T, H, D) in memory, so this is a
         # view, not a copy (one activation less to keep for backward).

@@ -5,7 +5,7 @@
 Why the last real token: with causal attention it is the only position that has seen the whole text, and it
 has seen nothing after it, so right-padding a batch to 20 or 200 tokens cannot change the prediction (a test
 checks it). What trains (`train`): `head` only, `last` K blocks + the final norm + the head, or `all`; with
-LoRA the adapters and the head train.
+adapters (LoRA, a prefix or a soft prompt) the adapters and the head train.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from scratchlm.data.finetune import ClassificationData, EpochBatches, collate_cl
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.classifier import ClassifierModel
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.train.modes.base import Batch, BatchStream
 from scratchlm.train.modes.finetune import FinetuneMode, trainable
 
@@ -45,9 +46,10 @@ def set_trainable(module: ClassifierModel, what: str, last_k: int = 1) -> None:
 
 
 def prepare_head_model(mode: FinetuneMode, module: ClassifierModel, what: str, last_k: int) -> None:
-    """With LoRA: adapters on the frozen base, and the head trains; without: `set_trainable(what, last_k)`."""
-    if mode.lora is not None:
-        mode.apply_lora(module.model)  # freezes the base
+    """With adapters (LoRA, prefix, prompt): they go on the frozen base, and the head trains; without:
+    `set_trainable(what, last_k)`."""
+    if mode.adapters:
+        mode.apply_adapters(module.model)  # freezes the base
         trainable(module.head.parameters())
     else:
         set_trainable(module, what, last_k)
@@ -76,8 +78,10 @@ class ClassifyMode(FinetuneMode):
         last_k: int = 1,
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
+        prefix: PrefixConfig | None = None,
+        prefix_kind: str = "prefix",
     ) -> None:
-        super().__init__(lora, base_checkpoint)
+        super().__init__(lora, base_checkpoint, prefix, prefix_kind)
         if train not in TRAINABLE:
             raise ScratchlmError(f"--train {train!r} is unknown; use one of {', '.join(TRAINABLE)}")
         self.data, self.pad_id, self.max_length = data, pad_id, max_length

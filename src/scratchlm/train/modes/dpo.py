@@ -28,6 +28,7 @@ from torch import nn
 from scratchlm.data.finetune import IGNORE, EpochBatches, collate_preferences, fixed_batches, load_preferences
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.base import Batch, BatchStream
 from scratchlm.train.modes.finetune import FinetuneMode
@@ -106,8 +107,10 @@ class DPOMode(PairBatches, FinetuneMode):
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
         device: str | torch.device = "cpu",
+        prefix: PrefixConfig | None = None,
+        prefix_kind: str = "prefix",
     ) -> None:
-        super().__init__(lora, base_checkpoint)
+        super().__init__(lora, base_checkpoint, prefix, prefix_kind)
         if beta <= 0:
             raise ScratchlmError(f"--beta must be positive, got {beta}")
         self._set_data(data, template, max_length, val_fraction, data_seed, drop_equal)
@@ -119,7 +122,7 @@ class DPOMode(PairBatches, FinetuneMode):
         self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
         self.cache_reference(model, pairs)
         self.train_pairs, self.val_pairs = split_val(pairs, self.val_fraction, self.data_seed)
-        self.apply_lora(model)  # type: ignore[arg-type]
+        self.apply_adapters(model)  # type: ignore[arg-type]
         return model
 
     @torch.no_grad()

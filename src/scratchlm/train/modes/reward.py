@@ -24,6 +24,7 @@ from scratchlm.data.finetune import load_preferences
 from scratchlm.errors import ScratchlmError
 from scratchlm.model.classifier import RewardModel
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.base import Batch
 from scratchlm.train.modes.classify import TRAINABLE, prepare_head_model
@@ -62,8 +63,10 @@ class RewardMode(PairBatches, FinetuneMode):
         last_k: int = 1,
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
+        prefix: PrefixConfig | None = None,
+        prefix_kind: str = "prefix",
     ) -> None:
-        super().__init__(lora, base_checkpoint)
+        super().__init__(lora, base_checkpoint, prefix, prefix_kind)
         if train not in TRAINABLE:
             raise ScratchlmError(f"--train {train!r} is unknown; use one of {', '.join(TRAINABLE)}")
         self._set_data(data, template, max_length, val_fraction, data_seed, drop_equal)

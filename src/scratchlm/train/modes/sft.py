@@ -28,6 +28,7 @@ from scratchlm.data.finetune import (
 from scratchlm.errors import ScratchlmError
 from scratchlm.model import GPT
 from scratchlm.model.lora import LoRAConfig
+from scratchlm.model.prefix import PrefixConfig
 from scratchlm.model.vocab import resize_vocab
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.base import Batch, BatchStream
@@ -63,8 +64,10 @@ class SFTMode(FinetuneMode):
         data_seed: int = 0,
         lora: LoRAConfig | None = None,
         base_checkpoint: str | None = None,
+        prefix: PrefixConfig | None = None,
+        prefix_kind: str = "prefix",
     ) -> None:
-        super().__init__(lora, base_checkpoint)
+        super().__init__(lora, base_checkpoint, prefix, prefix_kind)
         self.data_path, self.template, self.max_length = Path(data), template, max_length
         self.mask_prompt, self.pack, self.group_by_length = mask_prompt, pack, group_by_length
         self.val_fraction, self.data_seed = val_fraction, data_seed
@@ -93,7 +96,7 @@ class SFTMode(FinetuneMode):
             )
         prepare_chat_model(model, tokenizer, self.template)  # type: ignore[arg-type]
         self.load_data(tokenizer)
-        self.apply_lora(model)  # type: ignore[arg-type]
+        self.apply_adapters(model)  # type: ignore[arg-type]
         return model
 
     def _collate(self, examples: list[dict[str, list[int]]]) -> Batch:
