@@ -94,3 +94,24 @@ def test_score_refuses_a_language_model(char_ckpt: Path, capsys: pytest.CaptureF
     assert main(["score", "--checkpoint", str(char_ckpt), "some text", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not a reward-model checkpoint" in err and "finetune reward" in err
+
+
+def test_a_prefix_tuned_reward_model_trains_only_its_prefix_and_head_and_scores(
+    char_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--peft prefix` reaches the reward mode as it reaches classify and sft: the base stays bitwise, the folder
+    holds the adapters and the head, and `score` loads it through the one loader."""
+    data = tmp_path / "prefs.json"
+    data.write_text(json.dumps(planted_pairs(40)))
+    out = tmp_path / "rm-prefix"
+    assert main(["finetune", "reward", "--checkpoint", str(char_ckpt), "--data", str(data), "--template", "plain",
+                 "--peft", "prefix", "--prefix-length", "4", "--max-length", "96", "--micro-batch-size", "8",
+                 "--max-steps", "3", "--eval-every", "0", "--save-every", "0", "--out", str(out), "--progress",
+                 "false", "--precision", "fp32", "--device", "cpu"]) == 0
+    base = checkpoint.read(char_ckpt).model.state_dict()
+    loaded = checkpoint.read(out)
+    assert isinstance(loaded.model, RewardModel) and loaded.model.model.blocks[0].attn.prefix is not None
+    assert all(torch.equal(base[k], v) for k, v in loaded.model.model.state_dict().items() if k in base)
+    capsys.readouterr()
+    assert main(["score", "--checkpoint", str(out), "kind sun", "cold sun", "--device", "cpu"]) == 0
+    assert len([float(s) for s in capsys.readouterr().out.split()]) == 2
