@@ -2,7 +2,7 @@
 a fresh folder.
 
 What cannot run here is changed as little as possible: the lines that need downloaded weights or datasets
-(`convert from-hf ~/hf/gpt2`, `eval mc --task hellaswag`) are left out, the commands that start from
+(`convert from-hf ~/hf/gpt2`, `eval mc --task hellaswag`, `eval glue`) are left out, the commands that start from
 `checkpoints/gpt2` start from the pretrained `runs/tiny` (with the model's own context for `eval perplexity`),
 `chat` reads two lines from stdin, `serve` answers one request from the real `openai` client and is stopped, and
 `eval judge` asks a real scratchlm server on a free port. The default suite runs the short version (step counts,
@@ -27,7 +27,7 @@ import pytest
 from scratchlm.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-NEEDS_DOWNLOADS = ("~/hf/", "--task hellaswag")
+NEEDS_DOWNLOADS = ("~/hf/", "--task hellaswag", "eval glue")  # GLUE's archives are not in the mirror
 FETCH = re.compile(r"\$\(scratchlm fetch ([\w.-]+)\)")
 
 
@@ -105,7 +105,10 @@ def _check(argv: list[str], out: str) -> None:
     elif head == ["tokenizer", "train"]:
         assert Path("tok.json").is_file()
     elif head == ["model", "info"]:
-        assert "124,439,808" in out if "--preset" in argv else "rule of thumb (Chinchilla, 20 tokens/parameter" in out
+        if "--world-size" in argv:
+            assert "per rank, 8 processes = pp 1 x dp 4 x tp 2" in out and "stage 0" in out
+        else:
+            assert "124,439,808" in out if "--preset" in argv else "rule of thumb (Chinchilla, 20 tokens/parameter" in out
     elif "pretrain" in argv[:5] or head[0] == "finetune":  # (torchrun's argv starts with its own options)
         run = Path(argv[argv.index("--out") + 1])
         assert (run / "latest").is_file() and (run / (run / "latest").read_text().strip() / "config.json").is_file()
