@@ -1,4 +1,4 @@
-"""`scratchlm finetune classify|sft|dpo`, `scratchlm classify`, `scratchlm lora merge`.
+"""`scratchlm finetune classify|sft|dpo|grpo`, `scratchlm classify`, `scratchlm lora merge`.
 
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
 `--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora.rank`, ...). The command loads the
@@ -123,6 +123,8 @@ class ClassifyConfig(_FinetuneBase):
 class SFTConfig(_FinetuneBase):
     """Instruction-tune a model on Alpaca JSON or chat JSONL, with a chat template stored in the checkpoint."""
 
+    preset: str | None = None
+    """Recipe from presets/recipe/ (e.g. arith-sft): these settings' values, overridden by --config and flags."""
     template: str = "auto"
     """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
     mask_prompt: bool = True
@@ -155,6 +157,61 @@ class DPOConfig(_FinetuneBase):
     """Learning rate at the end of the decay."""
     out: Path = Path("runs/dpo")
     """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png."""
+
+
+@dataclass
+class GRPOConfig(_FinetuneBase):
+    """Reinforce a model on prompts with checkable answers: GRPO over k sampled completions per prompt."""
+
+    preset: str | None = None
+    """Recipe from presets/recipe/ (e.g. arith-grpo): these settings' values, overridden by --config and flags."""
+    verifier: str = "math"
+    """Reward: math (last number equals the answer), exact, regex:P, python:MOD:FUNC or reward:RM_PATH."""
+    template: str = "auto"
+    """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
+    k: int = 8
+    """Completions sampled per prompt (the group); at least 2."""
+    max_new_tokens: int = 64
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the completions (1: the policy's own distribution, which the ratio assumes)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0: all)."""
+    std_normalize: bool = False
+    """Divide each group's advantages by its reward standard deviation (GRPO's original); default: mean only."""
+    loss_norm: str = "sequence"
+    """sequence: mean over completions of their token mean (GRPO); token: mean over all completion tokens (DAPO)."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen starting model (0: no reference model is kept)."""
+    clip_eps: float = 0.2
+    """PPO ratio clipping: the probability ratio is clipped to [1 - eps, 1 + eps]."""
+    updates: int = 1
+    """Optimizer steps on each batch of completions (PPO epochs); the ratio clipping matters from the second."""
+    micro_batch_size: int = 8
+    """Prompts per rollout and optimizer step (each sampled k times)."""
+    val_fraction: float = 0.0
+    """Unused by GRPO (rewards are logged for every rollout)."""
+    eval_every: int = 0
+    """GRPO has no validation loss; keep 0."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 5
+    """Linear warm-up steps from 0 to --lr."""
+    out: Path = Path("runs/grpo")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl (reward, pass@1, length, KL, entropy), loss.png."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 2:
+            raise ConfigError(
+                f"--k {self.k}: GRPO compares the k completions of a prompt with each other, so with one the "
+                "advantage is always 0 and nothing trains; use --k 2 or more (8 is typical)"
+            )
+        if self.updates > 1 and self.global_batch_tokens is not None:
+            raise ConfigError("--updates > 1 repeats each rollout as its own optimizer step: leave "
+                              "--global-batch-tokens unset (one rollout per step)")
 
 
 # ---- finetune commands --------------------------------------------------------------------------------------------
@@ -232,7 +289,10 @@ def sft(argv: list[str], prog: str) -> int:
     from scratchlm.train.loop import train
     from scratchlm.train.modes.sft import SFTMode
 
-    cfg = parse(SFTConfig, argv, prog)
+    from scratchlm.cli.train import load_recipe, preset_from_argv
+
+    preset = preset_from_argv(argv)
+    cfg = parse(SFTConfig, argv, prog, base=load_recipe(preset) if preset else None)
     model, tokenizer, config = _start(cfg, "sft")
     mode = SFTMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
@@ -253,6 +313,28 @@ def dpo(argv: list[str], prog: str) -> int:
         cfg.data, _template(cfg.template, config), cfg.beta, cfg.max_length, cfg.val_fraction, cfg.seed,
         cfg.drop_equal_pairs, cfg.micro_batch_size, cfg.lora_config(), cfg.checkpoint,
         resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))),
+    )
+    train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
+    return 0
+
+
+def grpo(argv: list[str], prog: str) -> int:
+    import functools
+
+    from scratchlm.cli.train import load_recipe, preset_from_argv
+    from scratchlm.device import resolve_device
+    from scratchlm.rl.verifiers import get_verifier, safe_reward
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.grpo import GRPOMode
+
+    preset = preset_from_argv(argv)
+    cfg = parse(GRPOConfig, argv, prog, base=load_recipe(preset) if preset else None)
+    model, tokenizer, config = _start(cfg, "grpo")
+    verifier = get_verifier(cfg.verifier, device=resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+    mode = GRPOMode(
+        cfg.data, _template(cfg.template, config), functools.partial(safe_reward, verifier), cfg.k,
+        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.std_normalize, cfg.loss_norm, cfg.kl_coef,
+        cfg.clip_eps, cfg.updates, cfg.lora_config(), cfg.checkpoint,
     )
     train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     return 0

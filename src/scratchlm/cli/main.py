@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune classify": ("scratchlm.cli.finetune:classify", "finetune a text classifier"),
     "finetune sft": ("scratchlm.cli.finetune:sft", "instruction-tune a model"),
     "finetune dpo": ("scratchlm.cli.finetune:dpo", "preference-tune a model with DPO"),
+    "finetune grpo": ("scratchlm.cli.finetune:grpo", "reinforce a model with GRPO on verifiable rewards"),
+    "rl arithmetic": ("scratchlm.cli.rl:arithmetic", "write the arithmetic task (pretrain, SFT, GRPO, test data)"),
     "classify": ("scratchlm.cli.finetune:predict", "classify a text with a finetuned classifier"),
     "lora merge": ("scratchlm.cli.finetune:lora_merge", "fold LoRA adapters into a plain checkpoint"),
     "generate": ("scratchlm.cli.generate:generate", "continue a prompt"),

@@ -1,0 +1,110 @@
+"""A verifiable task that learns on a CPU: 1-3 digit addition and subtraction, asked in words or symbols.
+
+    User: what is 347 plus 58?          User: 912 - 88 = ?          User: subtract 58 from 347
+    Assistant: 405                      Assistant: 824              Assistant: 289
+
+`write_task` writes everything the arithmetic recipes need into one folder:
+
+    pretrain/        char-level token shards of the problems with their answers, in the chat markup
+                     (`scratchlm pretrain --preset arith`)
+    sft.jsonl        chat records {"messages": [...]} for the SFT warm start (`finetune sft --preset arith-sft`)
+    prompts.jsonl    {"prompt", "answer"} for GRPO (`finetune grpo --preset arith-grpo --verifier math`)
+    test.jsonl       held-out {"prompt", "answer"}: no (a, op, b) of it appears in the other files
+
+The answer is the number alone, so the `math` verifier (last number) and `exact` agree on it. Carries and
+borrows make the digit-by-digit answer hard for a small left-to-right model: SFT leaves it middling, which is
+where RL has room to help.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import ScratchlmError
+from scratchlm.fs import atomic_write_text
+
+PLUS = ("what is {a} plus {b}?", "{a} + {b} = ?", "add {a} and {b}")
+MINUS = ("what is {a} minus {b}?", "{a} - {b} = ?", "subtract {b} from {a}")
+
+
+@dataclass
+class ArithmeticConfig:
+    """Write the arithmetic task (pretraining shards, SFT chats, GRPO prompts, held-out test) into --out."""
+
+    out: Path = Path("data/arith")
+    """Folder to write the task into (new or empty)."""
+    max_digits: int = 3
+    """Operands have 1 to this many digits."""
+    n_pretrain: int = 40000
+    """Problems with answers in the pretraining text."""
+    n_sft: int = 4000
+    """Chat examples for the SFT warm start."""
+    n_prompts: int = 4000
+    """Prompts for GRPO."""
+    n_test: int = 500
+    """Held-out problems for evaluation."""
+    seed: int = 0
+    """Seed of the problem generator."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_digits <= 6:
+            raise ScratchlmError(f"--max-digits must be between 1 and 6, got {self.max_digits}")
+
+
+def make_problem(rng: random.Random, max_digits: int = 3) -> tuple[int, str, int]:
+    """(a, op, b) with a >= b for subtraction (answers are never negative); operand lengths are uniform."""
+    def operand() -> int:
+        n = rng.randint(1, max_digits)
+        return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+
+    a, b, op = operand(), operand(), rng.choice("+-")
+    if op == "-" and a < b:
+        a, b = b, a
+    return a, op, b
+
+
+def render(problem: tuple[int, str, int], rng: random.Random) -> dict[str, str]:
+    """{"prompt", "answer"} for a problem, in one of its phrasings."""
+    a, op, b = problem
+    phrasing = rng.choice(PLUS if op == "+" else MINUS)
+    return {"prompt": phrasing.format(a=a, b=b), "answer": str(a + b if op == "+" else a - b)}
+
+
+def chat_text(record: dict[str, str]) -> str:
+    """The record in the plain chat markup, as the pretraining text and the SFT template spell it."""
+    return f"User: {record['prompt']}\nAssistant: {record['answer']}\n"
+
+
+def write_task(cfg: ArithmeticConfig) -> dict[str, Any]:
+    """Write the task folder (see the module docstring); returns the counts written."""
+    from scratchlm.data.prepare import prepare_text
+
+    rng = random.Random(cfg.seed)
+    space = 2 * (10**cfg.max_digits) ** 2
+    if cfg.n_test * 4 > space:
+        raise ScratchlmError(f"--n-test {cfg.n_test} is too many for {cfg.max_digits}-digit problems; lower it")
+    test: dict[tuple[int, str, int], None] = {}
+    while len(test) < cfg.n_test:
+        test[make_problem(rng, cfg.max_digits)] = None
+
+    def draw(n: int) -> list[dict[str, str]]:
+        out = []
+        while len(out) < n:
+            p = make_problem(rng, cfg.max_digits)
+            if p not in test:
+                out.append(render(p, rng))
+        return out
+
+    pretrain, sft, prompts = draw(cfg.n_pretrain), draw(cfg.n_sft), draw(cfg.n_prompts)
+    tests = [render(p, rng) for p in test]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    prepare_text("".join(chat_text(r) for r in pretrain), cfg.out / "pretrain", tokenizer="char", val_fraction=0.05)
+    chats = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]}
+             for r in sft]
+    for name, rows in (("sft.jsonl", chats), ("prompts.jsonl", prompts), ("test.jsonl", tests)):
+        atomic_write_text(cfg.out / name, "".join(json.dumps(r) + "\n" for r in rows), name)
+    return {"pretrain": len(pretrain), "sft": len(sft), "prompts": len(prompts), "test": len(tests)}
