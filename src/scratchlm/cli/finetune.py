@@ -77,10 +77,8 @@ class _FinetuneBase(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.checkpoint is None:
-            raise ConfigError("--checkpoint is required: the folder of the model to finetune")
-        if self.data is None:
-            raise ConfigError("--data is required: the training data file")
+        # --checkpoint and --data are checked in `_start`, not here: a recipe (--preset) builds this class
+        # without them before the flags fill them in
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.max_length is not None and self.max_length < 2:
@@ -226,6 +224,8 @@ def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
 
     if cfg.checkpoint is None:
         raise ConfigError("--checkpoint is required: the folder of the model to finetune")
+    if cfg.data is None:
+        raise ConfigError("--data is required: the training data file")
     step = checkpoint.resolve(cfg.checkpoint)
     lora = checkpoint.load_config(step).get("lora")
     base = checkpoint.base_path(step, lora) if isinstance(lora, dict) else None  # read() checks it, once
