@@ -1,7 +1,7 @@
-"""A verifiable task that learns on a CPU: 1-3 digit addition and subtraction, asked in words or symbols.
+"""A verifiable task that learns on a CPU: 2-digit addition and subtraction, asked in words or symbols.
 
-    User: what is 347 plus 58?          User: 912 - 88 = ?          User: subtract 58 from 347
-    Assistant: 405                      Assistant: 824              Assistant: 289
+    User: what is 47 plus 58?           User: 91 - 8 = ?            User: subtract 58 from 87
+    Assistant: 105                      Assistant: 83               Assistant: 29
 
 `write_task` writes everything the arithmetic recipes need into one folder:
 
@@ -37,8 +37,8 @@ class ArithmeticConfig:
 
     out: Path = Path("data/arith")
     """Folder to write the task into (new or empty)."""
-    max_digits: int = 3
-    """Operands have 1 to this many digits."""
+    max_digits: int = 2
+    """Operands have up to this many digits."""
     n_pretrain: int = 40000
     """Problems with answers in the pretraining text."""
     n_sft: int = 4000
@@ -55,13 +55,13 @@ class ArithmeticConfig:
             raise ScratchlmError(f"--max-digits must be between 1 and 6, got {self.max_digits}")
 
 
-def make_problem(rng: random.Random, max_digits: int = 3) -> tuple[int, str, int]:
-    """(a, op, b) with a >= b for subtraction (answers are never negative); operand lengths are uniform."""
-    def operand() -> int:
-        n = rng.randint(1, max_digits)
-        return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+def make_problem(rng: random.Random, max_digits: int = 2) -> tuple[int, str, int]:
+    """(a, op, b), operands uniform in [0, 10**max_digits), a >= b for subtraction (answers are never negative).
 
-    a, b, op = operand(), operand(), rng.choice("+-")
+    Uniform operands, not uniform lengths: the held-out set then takes a few percent of every kind of problem,
+    rather than most of the hundred-odd one-digit ones.
+    """
+    a, b, op = rng.randrange(10**max_digits), rng.randrange(10**max_digits), rng.choice("+-")
     if op == "-" and a < b:
         a, b = b, a
     return a, op, b
@@ -85,7 +85,7 @@ def write_task(cfg: ArithmeticConfig) -> dict[str, Any]:
 
     rng = random.Random(cfg.seed)
     space = 2 * (10**cfg.max_digits) ** 2
-    if cfg.n_test * 4 > space:
+    if cfg.n_test * 10 > space:
         raise ScratchlmError(f"--n-test {cfg.n_test} is too many for {cfg.max_digits}-digit problems; lower it")
     test: dict[tuple[int, str, int], None] = {}
     while len(test) < cfg.n_test:
