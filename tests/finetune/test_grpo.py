@@ -156,3 +156,32 @@ def test_majority_vote() -> None:
     assert majority_vote(["12", " 7", "7 ", "12", "7"]) == "7"
     assert majority_vote(["3", "4", "4", "3"]) == "3"  # a tie goes to the first seen
     assert majority_vote(["", "", "5"]) == "5" and majority_vote(["", " "]) == "" and majority_vote([]) == ""
+
+
+def test_arithmetic_task_is_correct_and_held_out(tmp_path: Path, capsys) -> None:
+    import re
+
+    out = tmp_path / "arith"
+    assert main(["rl", "arithmetic", "--out", str(out), "--n-pretrain", "300", "--n-sft", "200",
+                 "--n-prompts", "200", "--n-test", "100"]) == 0
+    read = lambda name: [json.loads(line) for line in (out / name).read_text().splitlines()]  # noqa: E731
+    prompts, test = read("prompts.jsonl"), read("test.jsonl")
+    sft = [{"prompt": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in read("sft.jsonl")]
+    assert (len(prompts), len(test), len(sft)) == (200, 100, 200)
+
+    def problem(prompt: str) -> tuple[int, str, int]:
+        a, b = map(int, re.findall(r"\d+", prompt))
+        if "subtract" in prompt:
+            a, b = b, a  # "subtract b from a"
+        return a, "-" if ("minus" in prompt or "-" in prompt or "subtract" in prompt) else "+", b
+
+    for r in prompts + test + sft:
+        a, op, b = problem(r["prompt"])
+        assert int(r["answer"]) == (a + b if op == "+" else a - b) >= 0, r
+    held_out = {problem(r["prompt"]) for r in test}
+    assert not held_out & {problem(r["prompt"]) for r in prompts + sft}
+    text = (out / "pretrain" / "manifest.json").read_text()
+    assert '"kind": "char"' in text
+    # a second run into the same folder is refused (nothing overwritten)
+    assert main(["rl", "arithmetic", "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
