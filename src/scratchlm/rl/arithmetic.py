@@ -5,9 +5,10 @@
 
 `write_task` writes everything the arithmetic recipes need into one folder:
 
-    pretrain/        char-level token shards of the problems with their answers, in the chat markup
-                     (`scratchlm pretrain --preset arith`)
-    sft.jsonl        chat records {"messages": [...]} for the SFT warm start (`finetune sft --preset arith-sft`)
+    pretrain/        char-level token shards of the problems with their answers (digits or, a `words_fraction`
+                     of them, words), in the chat markup (`scratchlm pretrain --preset arith`)
+    sft.jsonl        chat records {"messages": [...]} for the SFT warm start (`finetune sft --preset arith-sft`),
+                     answers in digits or words as in pretrain/
     prompts.jsonl    {"prompt", "answer"} for GRPO (`finetune grpo --preset arith-grpo --verifier math`)
     test.jsonl       held-out {"prompt", "answer"}: no (a, op, b) of it appears in the other files
 
@@ -47,12 +48,17 @@ class ArithmeticConfig:
     """Prompts for GRPO."""
     n_test: int = 500
     """Held-out problems for evaluation."""
+    words_fraction: float = 0.5
+    """Share of the SFT answers spelled in words ("one hundred five"), as people answer too. The `math` verifier
+    reads digits only, so GRPO has to learn the answer format the reward asks for, besides the sums."""
     seed: int = 0
     """Seed of the problem generator."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_digits <= 6:
             raise ScratchlmError(f"--max-digits must be between 1 and 6, got {self.max_digits}")
+        if not 0 <= self.words_fraction <= 1:
+            raise ScratchlmError(f"--words-fraction must lie in [0, 1], got {self.words_fraction}")
 
 
 def make_problem(rng: random.Random, max_digits: int = 2) -> tuple[int, str, int]:
@@ -72,6 +78,22 @@ def render(problem: tuple[int, str, int], rng: random.Random) -> dict[str, str]:
     a, op, b = problem
     phrasing = rng.choice(PLUS if op == "+" else MINUS)
     return {"prompt": phrasing.format(a=a, b=b), "answer": str(a + b if op == "+" else a - b)}
+
+
+ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+       "seventeen eighteen nineteen".split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def in_words(n: int) -> str:
+    """0 <= n < 1,000,000 in English words: 105 -> "one hundred five", 47 -> "forty-seven"."""
+    if n < 20:
+        return ONES[n]
+    if n < 100:
+        return TENS[n // 10] + ("-" + ONES[n % 10] if n % 10 else "")
+    if n < 1000:
+        return ONES[n // 100] + " hundred" + (" " + in_words(n % 100) if n % 100 else "")
+    return in_words(n // 1000) + " thousand" + (" " + in_words(n % 1000) if n % 1000 else "")
 
 
 def chat_text(record: dict[str, str]) -> str:
@@ -101,9 +123,13 @@ def write_task(cfg: ArithmeticConfig) -> dict[str, Any]:
 
     pretrain, sft, prompts = draw(cfg.n_pretrain), draw(cfg.n_sft), draw(cfg.n_prompts)
     tests = [render(p, rng) for p in test]
+    def answer(r: dict[str, str]) -> str:
+        return in_words(int(r["answer"])) if rng.random() < cfg.words_fraction else r["answer"]
+
     cfg.out.mkdir(parents=True, exist_ok=True)
-    prepare_text("".join(chat_text(r) for r in pretrain), cfg.out / "pretrain", tokenizer="char", val_fraction=0.05)
-    chats = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]}
+    text = "".join(chat_text({**r, "answer": answer(r)}) for r in pretrain)
+    prepare_text(text, cfg.out / "pretrain", tokenizer="char", val_fraction=0.05)
+    chats = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer(r)}]}
              for r in sft]
     for name, rows in (("sft.jsonl", chats), ("prompts.jsonl", prompts), ("test.jsonl", tests)):
         atomic_write_text(cfg.out / name, "".join(json.dumps(r) + "\n" for r in rows), name)
