@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from scratchlm import checkpoint
 from scratchlm.cli.main import main
+from scratchlm.rl.arithmetic import in_words
 from scratchlm.rl.vote import majority_vote
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.grpo import GRPOMode, group_advantages, grpo_loss
@@ -175,9 +176,14 @@ def test_arithmetic_task_is_correct_and_held_out(tmp_path: Path, capsys) -> None
             a, b = b, a  # "subtract b from a"
         return a, "-" if ("minus" in prompt or "-" in prompt or "subtract" in prompt) else "+", b
 
+    words = 0
     for r in prompts + test + sft:
         a, op, b = problem(r["prompt"])
-        assert int(r["answer"]) == (a + b if op == "+" else a - b) >= 0, r
+        right = a + b if op == "+" else a - b
+        assert right >= 0 and r["answer"] in (str(right), in_words(right)), r
+        words += not r["answer"].isdigit()
+    assert 70 <= words <= 130  # --words-fraction 0.5 of the 200 SFT answers (never in prompts or test)
+    assert in_words(105) == "one hundred five" and in_words(47) == "forty-seven" and in_words(0) == "zero"
     held_out = {problem(r["prompt"]) for r in test}
     assert not held_out & {problem(r["prompt"]) for r in prompts + sft}
     text = (out / "pretrain" / "manifest.json").read_text()

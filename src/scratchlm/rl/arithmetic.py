@@ -1,7 +1,7 @@
-"""A verifiable task that learns on a CPU: 2-digit addition and subtraction, asked in words or symbols.
+"""A verifiable task that learns on a CPU: addition and subtraction of small numbers, in words or symbols.
 
-    User: what is 47 plus 58?           User: 91 - 8 = ?            User: subtract 58 from 87
-    Assistant: 105                      Assistant: 83               Assistant: 29
+    User: what is 47 plus 8?            User: 41 - 8 = ?            User: subtract 18 from 37
+    Assistant: 55                       Assistant: thirty-three     Assistant: 19
 
 `write_task` writes everything the arithmetic recipes need into one folder:
 
@@ -12,9 +12,9 @@
     prompts.jsonl    {"prompt", "answer"} for GRPO (`finetune grpo --preset arith-grpo --verifier math`)
     test.jsonl       held-out {"prompt", "answer"}: no (a, op, b) of it appears in the other files
 
-The answer is the number alone, so the `math` verifier (last number) and `exact` agree on it. Carries and
-borrows make the digit-by-digit answer hard for a small left-to-right model: SFT leaves it middling, which is
-where RL has room to help.
+The reference answer is the number alone in digits, so the `math` verifier (last number) and `exact` agree on
+it; demonstrations in words score 0 with either. Carries and borrows make the sums hard for a small
+left-to-right model, and half the demonstrations answer in words: SFT leaves pass@1 middling, with room for RL.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ class ArithmeticConfig:
 
     out: Path = Path("data/arith")
     """Folder to write the task into (new or empty)."""
-    max_digits: int = 2
-    """Operands have up to this many digits."""
+    max_operand: int = 50
+    """Operands are drawn uniformly from 0 .. max_operand - 1 (answers then stay below 2 * max_operand)."""
     n_pretrain: int = 40000
     """Problems with answers in the pretraining text."""
     n_sft: int = 4000
     """Chat examples for the SFT warm start."""
     n_prompts: int = 4000
     """Prompts for GRPO."""
-    n_test: int = 500
+    n_test: int = 300
     """Held-out problems for evaluation."""
     words_fraction: float = 0.5
     """Share of the SFT answers spelled in words ("one hundred five"), as people answer too. The `math` verifier
@@ -55,19 +55,19 @@ class ArithmeticConfig:
     """Seed of the problem generator."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_digits <= 6:
-            raise ScratchlmError(f"--max-digits must be between 1 and 6, got {self.max_digits}")
+        if not 10 <= self.max_operand <= 100_000:
+            raise ScratchlmError(f"--max-operand must be between 10 and 100000, got {self.max_operand}")
         if not 0 <= self.words_fraction <= 1:
             raise ScratchlmError(f"--words-fraction must lie in [0, 1], got {self.words_fraction}")
 
 
-def make_problem(rng: random.Random, max_digits: int = 2) -> tuple[int, str, int]:
-    """(a, op, b), operands uniform in [0, 10**max_digits), a >= b for subtraction (answers are never negative).
+def make_problem(rng: random.Random, max_operand: int = 50) -> tuple[int, str, int]:
+    """(a, op, b), operands uniform in [0, max_operand), a >= b for subtraction (answers are never negative).
 
     Uniform operands, not uniform lengths: the held-out set then takes a few percent of every kind of problem,
     rather than most of the hundred-odd one-digit ones.
     """
-    a, b, op = rng.randrange(10**max_digits), rng.randrange(10**max_digits), rng.choice("+-")
+    a, b, op = rng.randrange(max_operand), rng.randrange(max_operand), rng.choice("+-")
     if op == "-" and a < b:
         a, b = b, a
     return a, op, b
@@ -106,17 +106,19 @@ def write_task(cfg: ArithmeticConfig) -> dict[str, Any]:
     from scratchlm.data.prepare import prepare_text
 
     rng = random.Random(cfg.seed)
-    space = 2 * (10**cfg.max_digits) ** 2
+    space = cfg.max_operand**2 + cfg.max_operand * (cfg.max_operand + 1) // 2  # a + b, and a - b with a >= b
     if cfg.n_test * 10 > space:
-        raise ScratchlmError(f"--n-test {cfg.n_test} is too many for {cfg.max_digits}-digit problems; lower it")
+        raise ScratchlmError(
+            f"--n-test {cfg.n_test} would hold out over a tenth of the {space} problems with operands below "
+            f"{cfg.max_operand}; lower it or raise --max-operand")
     test: dict[tuple[int, str, int], None] = {}
     while len(test) < cfg.n_test:
-        test[make_problem(rng, cfg.max_digits)] = None
+        test[make_problem(rng, cfg.max_operand)] = None
 
     def draw(n: int) -> list[dict[str, str]]:
         out = []
         while len(out) < n:
-            p = make_problem(rng, cfg.max_digits)
+            p = make_problem(rng, cfg.max_operand)
             if p not in test:
                 out.append(render(p, rng))
         return out
