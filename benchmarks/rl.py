@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--grpo-minutes", type=float, default=10.0, help="GRPO's wall-time budget")
     ap.add_argument("--samples", type=int, default=8, help="samples per problem for self-consistency")
-    ap.add_argument("--n-test", type=int, default=300, help="held-out problems scored")
+    ap.add_argument("--n-test", type=int, default=100, help="held-out problems scored")
     ap.add_argument("--quick", action="store_true", help="a few steps of every stage")
     ap.add_argument("--note", default="", help="appended to the saved table (e.g. machine load)")
     args = ap.parse_args()

@@ -38,7 +38,7 @@ class ArithmeticConfig:
 
     out: Path = Path("data/arith")
     """Folder to write the task into (new or empty)."""
-    max_operand: int = 50
+    max_operand: int = 30
     """Operands are drawn uniformly from 0 .. max_operand - 1 (answers then stay below 2 * max_operand)."""
     n_pretrain: int = 40000
     """Problems with answers in the pretraining text."""
@@ -46,7 +46,7 @@ class ArithmeticConfig:
     """Chat examples for the SFT warm start."""
     n_prompts: int = 4000
     """Prompts for GRPO."""
-    n_test: int = 300
+    n_test: int = 100
     """Held-out problems for evaluation."""
     words_fraction: float = 0.5
     """Share of the SFT answers spelled in words ("one hundred five"), as people answer too. The `math` verifier
