@@ -286,10 +286,9 @@ def classify(argv: list[str], prog: str) -> int:
 
 
 def sft(argv: list[str], prog: str) -> int:
+    from scratchlm.cli.train import load_recipe, preset_from_argv
     from scratchlm.train.loop import train
     from scratchlm.train.modes.sft import SFTMode
-
-    from scratchlm.cli.train import load_recipe, preset_from_argv
 
     preset = preset_from_argv(argv)
     cfg = parse(SFTConfig, argv, prog, base=load_recipe(preset) if preset else None)
