@@ -42,7 +42,7 @@ class ArithmeticConfig:
     """Operands are drawn uniformly from 0 .. max_operand - 1 (answers then stay below 2 * max_operand)."""
     n_pretrain: int = 40000
     """Problems with answers in the pretraining text."""
-    n_sft: int = 4000
+    n_sft: int = 20000
     """Chat examples for the SFT warm start."""
     n_prompts: int = 4000
     """Prompts for GRPO."""
