@@ -113,9 +113,9 @@ def main() -> None:
     cols = list(rows["sft"])
     lines = [f"GRPO on the arithmetic task: {len(records)} held-out problems, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads",
-             f"{'model':<12}" + "".join(f"{c:>10}" for c in cols) + f"{'train s':>10}"]
+             f"{'model':<12}" + "".join(f"{c:>11}" for c in cols) + f"{'train s':>10}"]
     for name, label in (("sft", "SFT start"), ("grpo", "GRPO")):
-        lines.append(f"{label:<12}" + "".join(f"{rows[name][c]:>10.1f}" for c in cols) + f"{times[name]:>10.0f}")
+        lines.append(f"{label:<12}" + "".join(f"{rows[name][c]:>11.1f}" for c in cols) + f"{times[name]:>10.0f}")
     gain = rows["grpo"]["pass@1"] - rows["sft"]["pass@1"]
     first, last = grpo_steps[0], grpo_steps[-1]
     lines.append(f"GRPO: {len(grpo_steps)} logged steps to step {last['step']} in {last['elapsed_s']:.0f} s of "
