@@ -1,4 +1,5 @@
-"""`scratchlm finetune classify|sft|dpo|reward`, `scratchlm classify`, `scratchlm score`, `scratchlm lora merge`.
+"""`scratchlm finetune classify|sft|dpo|reward|grpo`, `scratchlm classify`, `scratchlm score`, `scratchlm lora
+merge`.
 
 Each finetune command's settings are the training loop's `TrainConfig` flags (inherited: `--max-steps`,
 `--lr`, `--out`, `--resume auto`, ...) plus the mode's own (`--data`, `--lora.rank`, ...). The command loads the
@@ -87,10 +88,8 @@ class _FinetuneBase(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.checkpoint is None:
-            raise ConfigError("--checkpoint is required: the folder of the model to finetune")
-        if self.data is None and not self.data_is_optional():
-            raise ConfigError("--data is required: the training data file")
+        # --checkpoint and --data are checked in `_start`, not here: a recipe (--preset) builds this class
+        # without them before the flags fill them in
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.max_length is not None and self.max_length < 2:
@@ -161,6 +160,8 @@ class ClassifyConfig(_FinetuneBase):
 class SFTConfig(_FinetuneBase):
     """Instruction-tune a model on Alpaca JSON or chat JSONL, with a chat template stored in the checkpoint."""
 
+    preset: str | None = None
+    """Recipe from presets/recipe/ (e.g. arith-sft): these settings' values, overridden by --config and flags."""
     template: str = "auto"
     """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
     mask_prompt: bool = True
@@ -215,6 +216,61 @@ class RewardConfig(_FinetuneBase):
     """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl, loss.png, report.json (held-out accuracy)."""
 
 
+@dataclass
+class GRPOConfig(_FinetuneBase):
+    """Reinforce a model on prompts with checkable answers: GRPO over k sampled completions per prompt."""
+
+    preset: str | None = None
+    """Recipe from presets/recipe/ (e.g. arith-grpo): these settings' values, overridden by --config and flags."""
+    verifier: str = "math"
+    """Reward: math (last number equals the answer), exact, regex:P, python:MOD:FUNC or reward:RM_PATH."""
+    template: str = "auto"
+    """Chat template: chatml, alpaca, plain, or auto (the checkpoint's own template if it has one, else chatml)."""
+    k: int = 8
+    """Completions sampled per prompt (the group); at least 2."""
+    max_new_tokens: int = 64
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the completions (1: the policy's own distribution, which the ratio assumes)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0: all)."""
+    std_normalize: bool = False
+    """Divide each group's advantages by its reward standard deviation (GRPO's original); default: mean only."""
+    loss_norm: str = "sequence"
+    """sequence: mean over completions of their token mean (GRPO); token: mean over all completion tokens (DAPO)."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen starting model (0: no reference model is kept)."""
+    clip_eps: float = 0.2
+    """PPO ratio clipping: the probability ratio is clipped to [1 - eps, 1 + eps]."""
+    updates: int = 1
+    """Optimizer steps on each batch of completions (PPO epochs); the ratio clipping matters from the second."""
+    micro_batch_size: int = 8
+    """Prompts per rollout and optimizer step (each sampled k times)."""
+    val_fraction: float = 0.0
+    """Unused by GRPO (rewards are logged for every rollout)."""
+    eval_every: int = 0
+    """GRPO has no validation loss; keep 0."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 5
+    """Linear warm-up steps from 0 to --lr."""
+    out: Path = Path("runs/grpo")
+    """Run folder: step_NNNNNN/ checkpoints, `latest`, metrics.jsonl (reward, pass@1, length, KL, entropy), loss.png."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 2:
+            raise ConfigError(
+                f"--k {self.k}: GRPO compares the k completions of a prompt with each other, so with one the "
+                "advantage is always 0 and nothing trains; use --k 2 or more (8 is typical)"
+            )
+        if self.updates > 1 and self.global_batch_tokens is not None:
+            raise ConfigError("--updates > 1 repeats each rollout as its own optimizer step: leave "
+                              "--global-batch-tokens unset (one rollout per step)")
+
+
 # ---- finetune commands --------------------------------------------------------------------------------------------
 
 
@@ -227,6 +283,8 @@ def _start(cfg: _FinetuneBase, mode: str) -> tuple[Any, Any, dict[str, Any]]:
 
     if cfg.checkpoint is None:
         raise ConfigError("--checkpoint is required: the folder of the model to finetune")
+    if cfg.data is None and not cfg.data_is_optional():
+        raise ConfigError("--data is required: the training data file")
     step = checkpoint.resolve(cfg.checkpoint)
     found = checkpoint.adapter_section(checkpoint.load_config(step))
     if found is not None and found[0] == "prefix":  # its prefix is no weight of the model to train on from
@@ -338,10 +396,12 @@ def _official(key: str, y_true: list[int], y_pred: list[int]) -> dict[str, float
 
 
 def sft(argv: list[str], prog: str) -> int:
+    from scratchlm.cli.train import load_recipe, preset_from_argv
     from scratchlm.train.loop import train
     from scratchlm.train.modes.sft import SFTMode
 
-    cfg = parse(SFTConfig, argv, prog)
+    preset = preset_from_argv(argv)
+    cfg = parse(SFTConfig, argv, prog, base=load_recipe(preset) if preset else None)
     model, tokenizer, config = _start(cfg, "sft")
     mode = SFTMode(
         cfg.data, _template(cfg.template, config), cfg.max_length, cfg.mask_prompt, cfg.pack, cfg.group_by_length,
@@ -391,6 +451,32 @@ def reward(argv: list[str], prog: str) -> int:
     report_path = Path(cfg.out) / "report.json"
     atomic_write_text(report_path, json.dumps(report, indent=1) + "\n")
     print(f"report: {report_path}")
+    return 0
+
+
+def grpo(argv: list[str], prog: str) -> int:
+    import functools
+
+    from scratchlm.cli.train import load_recipe, preset_from_argv
+    from scratchlm.device import resolve_device
+    from scratchlm.rl.verifiers import check_tokenizer, get_verifier, safe_reward
+    from scratchlm.train.loop import train
+    from scratchlm.train.modes.grpo import GRPOMode
+
+    preset = preset_from_argv(argv)
+    cfg = parse(GRPOConfig, argv, prog, base=load_recipe(preset) if preset else None)
+    if cfg.peft in ("prefix", "prompt"):
+        raise ConfigError(f"finetune grpo trains fully or with --peft lora; --peft {cfg.peft} is for classify, sft, "
+                          "dpo and reward")
+    model, tokenizer, config = _start(cfg, "grpo")
+    verifier = get_verifier(cfg.verifier, device=resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+    check_tokenizer(verifier, tokenizer)  # a reward model must read the policy's tokens
+    mode = GRPOMode(
+        cfg.data, _template(cfg.template, config), functools.partial(safe_reward, verifier), cfg.k,
+        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.std_normalize, cfg.loss_norm, cfg.kl_coef,
+        cfg.clip_eps, cfg.updates, cfg.lora_config(), cfg.checkpoint,
+    )
+    train(cfg.train_config(), mode, model, tokenizer, run_config=to_dict(cfg))
     return 0
 
 

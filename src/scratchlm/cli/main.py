@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune sft": ("scratchlm.cli.finetune:sft", "instruction-tune a model"),
     "finetune dpo": ("scratchlm.cli.finetune:dpo", "preference-tune a model with DPO"),
     "finetune reward": ("scratchlm.cli.finetune:reward", "train a reward model on preference pairs"),
+    "finetune grpo": ("scratchlm.cli.finetune:grpo", "reinforce a model with GRPO on verifiable rewards"),
+    "rl arithmetic": ("scratchlm.cli.rl:arithmetic", "write the arithmetic task (pretrain, SFT, GRPO, test data)"),
     "classify": ("scratchlm.cli.finetune:predict", "classify a text with a finetuned classifier"),
     "score": ("scratchlm.cli.finetune:score", "score a text with a reward model"),
     "lora merge": ("scratchlm.cli.finetune:lora_merge", "fold LoRA adapters into a plain checkpoint"),

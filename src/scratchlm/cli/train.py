@@ -113,7 +113,8 @@ def recipe_names() -> list[str]:
 
 
 def load_recipe(name: str) -> dict[str, Any]:
-    """presets/recipe/<name>.yaml as a dict of PretrainCommand fields."""
+    """presets/recipe/<name>.yaml as a dict of fields of the command it is for (PretrainCommand; SFTConfig and
+    GRPOConfig for the finetuning recipes such as arith-sft, arith-grpo)."""
     path = resources.files("scratchlm") / "presets" / "recipe" / f"{name}.yaml"
     if not path.is_file():
         raise ScratchlmError(f"unknown --preset {name!r}; known recipes: {', '.join(recipe_names())}")
@@ -122,7 +123,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     return data
 
 
-def _preset_from_argv(argv: list[str]) -> str | None:
+def preset_from_argv(argv: list[str]) -> str | None:
     """--preset NAME from the flags, else a `preset:` key in the --config file (a resolved config.yaml has one)."""
     for i, tok in enumerate(argv):
         if tok == "--preset" and i + 1 < len(argv):
@@ -194,7 +195,7 @@ def check_pretrain_out(cmd: PretrainCommand) -> None:
 
 
 def pretrain(argv: list[str], prog: str) -> int:
-    preset = _preset_from_argv(argv)
+    preset = preset_from_argv(argv)
     base = load_recipe(preset) if preset else None
     cmd = parse(PretrainCommand, argv, prog, base=base)
     return run_pretrain(cmd)

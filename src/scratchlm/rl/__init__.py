@@ -8,4 +8,7 @@
 - `reward.py`     scoring texts with a reward-model checkpoint
 
 RLHF (a reward model) and RLVR (a checker) share one code path: both are a `Verifier`.
+
+`vote.py` holds majority voting (self-consistency) and `arithmetic.py` a verifiable task that learns on a CPU; the
+GRPO objective itself is a training mode of the one loop (`scratchlm.train.modes.grpo`).
 """

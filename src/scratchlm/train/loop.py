@@ -769,6 +769,8 @@ class Trainer:
                     self.save()
                 if evaluated_at != self.step and stopped not in ("SIGINT", "SIGTERM"):
                     last_eval = self._eval_and_log(self.step, loggers)
+                if self.main and not last_eval:  # no evaluation drew the curves (e.g. GRPO, no validation split)
+                    plot_loss(self.metrics.records, self.out / "loss.png")
         finally:
             self.bar.update(self.step - step_log)
             self.bar.close()

@@ -1,4 +1,5 @@
-"""`loss.png`: train and validation loss against step, redrawn from metrics.jsonl's records at each eval."""
+"""`loss.png`: train and validation loss against step, redrawn from metrics.jsonl's records at each eval; with
+reward metrics in the records (GRPO), a second panel of the reward mean and pass@1."""
 
 from __future__ import annotations
 
@@ -17,7 +18,19 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
 
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and r.get("loss") is not None]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval" and r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    rl = {key: [(r["step"], r[key]) for r in records if r.get("kind") == "train" and r.get(key) is not None]
+          for key in ("reward_mean", "pass_at_1")}
+    if any(rl.values()):
+        fig, (ax, ax_rl) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+        for key, points in rl.items():
+            if points:
+                ax_rl.plot(*zip(*points), label=key, linewidth=1.0)
+        ax_rl.set_xlabel("step")
+        ax_rl.set_ylabel("reward")
+        ax_rl.grid(alpha=0.3)
+        ax_rl.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1.0, alpha=0.8)
     if val:
