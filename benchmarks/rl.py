@@ -38,7 +38,7 @@ from scratchlm import checkpoint  # noqa: E402
 from scratchlm.generate import SampleConfig  # noqa: E402
 from scratchlm.generate.text import complete  # noqa: E402
 from scratchlm.rl.verifiers import get_verifier  # noqa: E402
-from scratchlm.rl.vote import majority_vote  # noqa: E402
+from scratchlm.generate.select import majority_vote  # noqa: E402
 from scratchlm.tokenizer.chat import ChatTemplate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,7 +70,7 @@ def score(ckpt: Path, records: list[dict], samples: int, batch: int = 128) -> di
             greedy += verify(rec, best.text)
             digits += bool(final_number(best.text))
             sampled += sum(verify(rec, c.text) for c in group) / samples
-            voted += verify(rec, majority_vote([final_number(c.text) for c in group]))
+            voted += verify(rec, group[majority_vote([c.text for c in group])[0]].text)
     k = len(records)
     return {"pass@1": 100 * greedy / k, "sampled": 100 * sampled / k, f"maj@{samples}": 100 * voted / k,
             "digits": 100 * digits / k, "acc|digits": 100 * greedy / max(digits, 1)}

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from scratchlm import checkpoint
 from scratchlm.cli.main import main
 from scratchlm.rl.arithmetic import in_words
-from scratchlm.rl.vote import majority_vote
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.train.modes.grpo import GRPOMode, group_advantages, grpo_loss
 
@@ -151,12 +150,6 @@ def test_bad_input_is_one_line(char_ckpt: Path, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "record 0's prompt is" in err and "the model's context is 256" in err and "\n" not in err
     assert not (tmp_path / "long").exists() or not any((tmp_path / "long").iterdir())
-
-
-def test_majority_vote() -> None:
-    assert majority_vote(["12", " 7", "7 ", "12", "7"]) == "7"
-    assert majority_vote(["3", "4", "4", "3"]) == "3"  # a tie goes to the first seen
-    assert majority_vote(["", "", "5"]) == "5" and majority_vote(["", " "]) == "" and majority_vote([]) == ""
 
 
 def test_arithmetic_task_is_correct_and_held_out(tmp_path: Path, capsys) -> None:

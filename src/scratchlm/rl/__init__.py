@@ -9,6 +9,6 @@
 
 RLHF (a reward model) and RLVR (a checker) share one code path: both are a `Verifier`.
 
-`vote.py` holds majority voting (self-consistency) and `arithmetic.py` a verifiable task that learns on a CPU; the
+`arithmetic.py` holds a verifiable task that learns on a CPU; the
 GRPO objective itself is a training mode of the one loop (`scratchlm.train.modes.grpo`).
 """

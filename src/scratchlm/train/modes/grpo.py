@@ -169,7 +169,7 @@ class GRPOMode(FinetuneMode):
         self.prompts = load_prompts(self.data_path, tokenizer, self.template, self.context)
         if self.kl_coef > 0:  # the starting model, before adapters: what the KL term holds the policy near
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.apply_lora(model)  # type: ignore[arg-type]
+        self.apply_adapters(model)  # type: ignore[arg-type]
         self.policy = model
         return model
 
