@@ -139,9 +139,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g = g if dtype == torch.float32 else g.to(dtype)
                     torch.mm(g, w, out=grad_h[s : s + chunk])  # (n, V) @ (V, C)
                     _accumulate(grad_w, g, h_c)
-        ctx.save_for_backward(h, weight, bias, targets, lse)
-        # intermediates of our own, kept on ctx (not saved tensors): backward scales them in place, once
-        ctx.unit = (grad_h, grad_w, grad_b) if precompute else None
+        if precompute:
+            ctx.save_for_backward(h, weight, bias, targets, lse, grad_h, grad_w, grad_b)
+        else:
+            ctx.save_for_backward(h, weight, bias, targets, lse)
         ctx.chunk, ctx.dtype, ctx.ignore_index, ctx.precompute = chunk, dtype, ignore_index, precompute
         ctx.reduction = reduction
         # mean: over the valid targets, as F.cross_entropy (an all-ignored batch gives 0 here, not nan)
@@ -153,7 +154,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, weight, bias, targets, lse = ctx.saved_tensors
+        h, weight, bias, targets, lse, *pre = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         valid = targets != ctx.ignore_index
@@ -162,14 +163,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if ctx.reduction != "none":  # one number for every token
             upstream = upstream / ctx.denominator if ctx.reduction == "mean" else upstream
             if ctx.precompute:
-                # Scaled in place: a fresh (V, C) product would be a new allocation above glibc's mmap threshold,
-                # i.e. page faults on every step (3% of the gpt2 step on CPU). The unit gradients are thereby
-                # used up: a second backward through this graph (retain_graph=True) recomputes them below.
-                unit_h, unit_w, unit_b = ctx.unit
-                grad_h = unit_h.mul_(upstream.to(unit_h.dtype)) if need_h else None
-                grad_w = unit_w.mul_(upstream) if need_w else None
-                grad_b = unit_b.mul_(upstream) if need_b and unit_b is not None else None
-                ctx.precompute, ctx.unit = False, None
+                unit_h, unit_w, unit_b = pre
+                grad_h = unit_h * upstream.to(unit_h.dtype) if need_h else None
+                grad_w = unit_w * upstream if need_w else None
+                grad_b = unit_b * upstream if need_b and unit_b is not None else None
                 need_h = need_w = need_b = False
             upstream = upstream.expand(targets.shape)
         scale = torch.where(valid, upstream, 0.0)  # (N,)
