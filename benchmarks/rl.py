@@ -36,9 +36,9 @@ from run_cli import scratchlm  # noqa: E402
 
 from scratchlm import checkpoint  # noqa: E402
 from scratchlm.generate import SampleConfig  # noqa: E402
+from scratchlm.generate.select import majority_vote  # noqa: E402
 from scratchlm.generate.text import complete  # noqa: E402
 from scratchlm.rl.verifiers import get_verifier  # noqa: E402
-from scratchlm.generate.select import majority_vote  # noqa: E402
 from scratchlm.tokenizer.chat import ChatTemplate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,8 +6,10 @@ path and `transformers`' GPT-2, with the machine's GEMM peak measured in the sam
     python benchmarks/train_step.py --device cuda --batch 16 --seq 1024 --precision bf16 --compile --skip-tiny
 
 Table 1, the README's pretraining configuration (gpt2-tiny, micro-batch 12 x 256): each loss path in its own
-process, so peak RSS, user and system CPU time are that path's alone. "full logits" is the path main used before
-the chunked loss (`F.cross_entropy(model(ids).flatten(0, 1), ...)`, the B x T x V logits materialised).
+process, so peak RSS, user and system CPU time are that path's alone. "full" is the path main used before the
+chunked loss (`F.cross_entropy(model(ids).flatten(0, 1), ...)`, the B x T x V logits materialised); "main before"
+runs it with glibc's malloc as main left it, the other rows with freed memory retained as the trainer sets it
+on CPU (`scratchlm.hostmem`; `--no-retain-host-memory` leaves malloc alone everywhere).
 
 Table 2, the gpt2 124M shape (batch 4 x 256 by default): s/step, tokens/s and achieved GFLOP/s (6N + 12LCT
 training FLOPs per token, PaLM's count) beside the fp32 GEMM peak of this machine at GPT-2's layer shapes, and
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from scratchlm import hostmem
 from scratchlm.model import GPT, ModelConfig, onednn
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.progress import flops_per_token, peak_flops
@@ -87,22 +90,29 @@ def child(args: argparse.Namespace) -> None:
 
 
 def readme_table(args: argparse.Namespace) -> None:
+    # (row, loss path, glibc's malloc left as it is): the first row is main before this work, the full logits
+    # with the default malloc; the last is what the trainer runs
+    paths = [("main before: full", "full", True), ("full, retained", "full", args.no_retain_host_memory),
+             ("chunked", "chunked", args.no_retain_host_memory)]
     rows = {}
-    for kind in ("full", "chunked"):
+    for name, kind, default_malloc in paths:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--preset", "gpt2-tiny",
                "--batch", "12", "--seq", "256", "--steps", str(args.tiny_steps)]
+        cmd += ["--no-retain-host-memory"] if default_malloc else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows[kind] = json.loads(out.strip().splitlines()[-1])
+        rows[name] = json.loads(out.strip().splitlines()[-1])
     print(f"\n1. gpt2-tiny (README config), micro-batch 12 x 256, fp32 {args.device}, {args.tiny_steps} steps, "
           f"threads {torch.get_num_threads()}")
-    print(f"{'loss path':<14} {'tokens/s':>9} {'peak RSS':>10} {'user s':>8} {'sys s':>7} {'sys/user':>9} {'loss':>8}")
-    for kind, r in rows.items():
-        name = "full logits" if kind == "full" else "chunked"
-        print(f"{name:<14} {r['tokens_s']:>9.0f} {r['peak_rss_mb']:>7.0f} MB {r['user_s']:>8.1f} {r['sys_s']:>7.1f} "
+    print(f"{'loss path':<18} {'tokens/s':>9} {'peak RSS':>10} {'user s':>8} {'sys s':>7} {'sys/user':>9} "
+          f"{'loss':>8}")
+    for name, r in rows.items():
+        print(f"{name:<18} {r['tokens_s']:>9.0f} {r['peak_rss_mb']:>7.0f} MB {r['user_s']:>8.1f} {r['sys_s']:>7.1f} "
               f"{100 * r['sys_s'] / max(r['user_s'], 1e-9):>8.0f}% {r['last_loss']:>8.4f}")
-    f, c = rows["full"], rows["chunked"]
-    print(f"chunked / full: tokens/s x{c['tokens_s'] / f['tokens_s']:.2f}, "
+    f, c = rows["main before: full"], rows["chunked"]
+    print(f"chunked / main before: tokens/s x{c['tokens_s'] / f['tokens_s']:.2f}, "
           f"peak RSS x{c['peak_rss_mb'] / f['peak_rss_mb']:.2f}")
+    print("(retained: glibc's malloc keeps freed memory for reuse, as the trainer sets it on CPU; "
+          "see src/scratchlm/hostmem.py)")
 
 
 def gemm_peak(device: torch.device, dtype: torch.dtype, small: bool) -> dict[str, float]:
@@ -195,9 +205,13 @@ def main() -> None:
     p.add_argument("--skip-tiny", action="store_true", help="only table 2")
     p.add_argument("--child", choices=["full", "chunked"], help=argparse.SUPPRESS)
     p.add_argument("--preset", default="gpt2-tiny", help=argparse.SUPPRESS)
+    p.add_argument("--no-retain-host-memory", action="store_true",
+                   help="leave glibc's malloc as it is (the trainer's --retain-host-memory false)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_retain_host_memory:
+        hostmem.retain_freed_memory()  # as the trainer does on CPU
     if args.child:
         child(args)
         return

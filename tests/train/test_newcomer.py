@@ -360,3 +360,20 @@ def test_the_onednn_config_switch_turns_the_path_off_and_on(tmp_path: Path, monk
                       save_every=0, progress=False, spike_window=0, device="cpu", onednn=value)
     train(cfg, tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
     assert onednn.is_enabled() is (value and onednn.AVAILABLE)
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_training_on_cpu_retains_freed_memory_unless_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  value: bool) -> None:
+    from scratchlm import hostmem
+
+    calls: list[bool] = []
+    monkeypatch.setattr(hostmem, "retain_freed_memory", lambda: calls.append(True) or True)  # process-wide: not here
+    argv = ["--retain-host-memory", str(value).lower()]
+    cfg = TrainConfig(out=tmp_path / "run", max_steps=1, micro_batch_size=2, warmup_steps=0, eval_every=0,
+                      save_every=0, progress=False, spike_window=0, device="cpu", retain_host_memory=value)
+    train(cfg, tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
+    assert calls == ([True] if value else [])
+    from scratchlm.cli.parsing import parse
+
+    assert parse(TrainConfig, argv, "pretrain").retain_host_memory is value  # the flag the CLI exposes

@@ -106,6 +106,10 @@ class TrainConfig:
     onednn: bool | None = None
     """CPU fp32 linear layers through oneDNN's GEMMs (true) or `F.linear` (false); unset: $SCRATCHLM_ONEDNN
     decides (default on). Process-wide; see docs/model.md, Speed."""
+    retain_host_memory: bool = True
+    """On CPU: keep freed memory in the process for the next step (glibc's malloc told not to hand large blocks
+    back to the kernel), so steps stop paying page faults on their large tensors; resident memory then stays at
+    its peak. Process-wide; Linux with glibc only. See docs/model.md, Speed."""
 
     # ---- evaluation, checkpoints, progress
     eval_every: int = 250

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scratchlm import hostmem
 from scratchlm.dataclass_io import to_dict
 from scratchlm.device import cpu_has_native_bf16
 from scratchlm.errors import ScratchlmError
@@ -299,6 +300,8 @@ class Trainer:
         self.autocast_precision = "fp32" if self.layout.fsdp else self.precision
         if cfg.onednn is not None:
             onednn.set_enabled(cfg.onednn)
+        if self.device.type == "cpu" and cfg.retain_host_memory:
+            hostmem.retain_freed_memory()
         if self.device.type == "cuda":
             # fp32 matmuls (and the fp32 parts of mixed precision) on tensor cores as TF32, as nanoGPT and
             # torchtitan train; CPUs ignore the setting
