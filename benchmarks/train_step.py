@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm import hostmem
+from scratchlm.device import cpu_has_native_bf16
 from scratchlm.model import GPT, ModelConfig, onednn
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.progress import flops_per_token, peak_flops
@@ -78,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
     model = GPT(cfg).train()
-    step = make_step(model, args.child, ids[:, :-1], ids[:, 1:], "fp32", False)
+    step = make_step(model, args.child, ids[:, :-1], ids[:, 1:], args.child_precision, False)
     step()  # warm-up
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     losses = [step() for _ in range(args.steps)]
@@ -90,27 +91,35 @@ def child(args: argparse.Namespace) -> None:
 
 
 def readme_table(args: argparse.Namespace) -> None:
-    # (row, loss path, glibc's malloc left as it is): the first row is main before this work, the full logits
-    # with the default malloc; the last is what the trainer runs
-    paths = [("main before: full", "full", True), ("full, retained", "full", args.no_retain_host_memory),
-             ("chunked", "chunked", args.no_retain_host_memory)]
+    # (row, loss path, glibc's malloc left as it is, precision): the first row is main before this work, the
+    # full logits with the default malloc; "chunked" is
+    # what the trainer runs; "chunked, bf16" is the README command as typed on a CPU with bf16 instructions
+    # (`--precision auto`)
+    keep = args.no_retain_host_memory
+    paths = [("main before: full", "full", True, "fp32"), ("full, retained", "full", keep, "fp32"),
+             ("chunked", "chunked", keep, "fp32")]
+    if cpu_has_native_bf16():
+        paths.append(("chunked, bf16", "chunked", keep, "bf16"))
     rows = {}
-    for name, kind, default_malloc in paths:
+    for name, kind, default_malloc, precision in paths:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--preset", "gpt2-tiny",
-               "--batch", "12", "--seq", "256", "--steps", str(args.tiny_steps)]
+               "--batch", "12", "--seq", "256", "--steps", str(args.tiny_steps), "--child-precision", precision]
         cmd += ["--no-retain-host-memory"] if default_malloc else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows[name] = json.loads(out.strip().splitlines()[-1])
-    print(f"\n1. gpt2-tiny (README config), micro-batch 12 x 256, fp32 {args.device}, {args.tiny_steps} steps, "
-          f"threads {torch.get_num_threads()}")
+    print(f"\n1. gpt2-tiny (README config), micro-batch 12 x 256, {args.device}, fp32 unless marked, "
+          f"{args.tiny_steps} steps, threads {torch.get_num_threads()}")
     print(f"{'loss path':<18} {'tokens/s':>9} {'peak RSS':>10} {'user s':>8} {'sys s':>7} {'sys/user':>9} "
           f"{'loss':>8}")
     for name, r in rows.items():
         print(f"{name:<18} {r['tokens_s']:>9.0f} {r['peak_rss_mb']:>7.0f} MB {r['user_s']:>8.1f} {r['sys_s']:>7.1f} "
               f"{100 * r['sys_s'] / max(r['user_s'], 1e-9):>8.0f}% {r['last_loss']:>8.4f}")
-    f, c = rows["main before: full"], rows["chunked"]
-    print(f"chunked / main before: tokens/s x{c['tokens_s'] / f['tokens_s']:.2f}, "
-          f"peak RSS x{c['peak_rss_mb'] / f['peak_rss_mb']:.2f}")
+    f = rows["main before: full"]
+    for name in ("chunked", "chunked, bf16"):
+        if name in rows:
+            c = rows[name]
+            print(f"{name} / main before: tokens/s x{c['tokens_s'] / f['tokens_s']:.2f}, "
+                  f"peak RSS x{c['peak_rss_mb'] / f['peak_rss_mb']:.2f}")
     print("(retained: glibc's malloc keeps freed memory for reuse, as the trainer sets it on CPU; "
           "see src/scratchlm/hostmem.py)")
 
@@ -205,6 +214,7 @@ def main() -> None:
     p.add_argument("--skip-tiny", action="store_true", help="only table 2")
     p.add_argument("--child", choices=["full", "chunked"], help=argparse.SUPPRESS)
     p.add_argument("--preset", default="gpt2-tiny", help=argparse.SUPPRESS)
+    p.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--no-retain-host-memory", action="store_true",
                    help="leave glibc's malloc as it is (the trainer's --retain-host-memory false)")
     args = p.parse_args()

@@ -33,8 +33,9 @@ from scratchlm.model import onednn
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 8M floats, 32 MB (166 tokens at GPT-2's vocabulary)
 # Measured on the 2-core CPU (benchmarks/train_step.py): larger buffers exceed glibc's largest mmap threshold
-# (32 MB), so each allocation is fresh pages and the step spends its time in page faults; smaller ones make
-# thin GEMMs. 96-166 tokens per chunk ran fastest at GPT-2's vocabulary.
+# (32 MB), so unless freed memory is retained (scratchlm.hostmem, as the trainer sets it) each allocation is
+# fresh pages and the step spends its time in page faults; smaller ones make thin GEMMs. 96-166 tokens per chunk
+# ran fastest at GPT-2's vocabulary; with retained memory, 32 to 1,536 tokens per chunk ran within 5%.
 GPU_CHUNK_ELEMENTS = 1 << 28  # 1 GB of fp32 logits: a GPU's caching allocator reuses it; few, large chunks keep
 # the GEMMs wide and the graph `torch.compile` unrolls short (16 x 1024 tokens of GPT-2 in 4 chunks)
 
