@@ -170,7 +170,8 @@ def test_classify_with_a_prefix_and_bad_lengths(char_ckpt: Path, mirror: Path, t
     for bad, message in ((["--prefix-length", "0"], "error: --prefix-length must be at least 1, got 0"),
                          (["--prefix-length", "257"],
                           "error: --prefix-length 257 is longer than the model's context (256 tokens); use at most 256"),
-                         (["--lora.rank", "4"], "error: --peft prefix and --lora.rank 4 exclude each other")):
+                         (["--lora.rank", "4"], "error: --peft prefix and --lora.rank 4 exclude each other"),
+                         (["--tp", "2"], "error: --peft prefix with --tp 2 is not supported")):
         assert main(["finetune", "classify", *common, "--peft", "prefix", *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(message), err

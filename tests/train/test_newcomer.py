@@ -160,7 +160,7 @@ def test_spike_guard_stops_lowering_the_lr_at_its_floor_and_warns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rb"
-    mode = tiny.TinyMode(poison={s: 1e4 for s in range(12, 40)})  # every step from 12 on is a spike
+    mode = tiny.TinyMode(poison={s: 1e4 for s in range(12, 18)})  # six spikes in a row, from step 12
     cfg = TrainConfig(
         out=out,
         max_steps=40,
@@ -180,8 +180,7 @@ def test_spike_guard_stops_lowering_the_lr_at_its_floor_and_warns(
     result = train(cfg, mode, tiny.tiny_model(dropout=0.0), tiny.tokenizer())
     events = [e["event"] for e in records(out, "event")]
     # 1 -> 0.5 -> 0.25 -> 0.125 -> 0.1 (the floor): four rollbacks, one floor notice, then only skips
-    assert events[:5] == ["spike_rollback"] * 4 + ["spike_lr_floor"]
-    assert set(events[5:]) == {"spike_skip"} and events.count("spike_lr_floor") == 1
+    assert events == ["spike_rollback"] * 4 + ["spike_lr_floor", "spike_skip"]  # then the run trains on
     state = json.loads((out / "step_000040" / "train_state" / "state.json").read_text())
     assert state["lr_scale"] == pytest.approx(0.1, rel=1e-12)
     err = capsys.readouterr().err
@@ -193,6 +192,23 @@ def test_spike_guard_stops_lowering_the_lr_at_its_floor_and_warns(
         == 1
     )
     assert len(result.warnings) == 1
+
+
+def test_a_window_of_rejected_steps_in_a_row_stops_the_run_with_an_error(tmp_path: Path) -> None:
+    """A run whose every step is now a spike (diverged, or its loss level moved for good) stops, rather than
+    computing the rest of its steps only to throw them away; its last checkpoint stays the latest."""
+    out = tmp_path / "stuck"
+    mode = tiny.TinyMode(poison={s: float("nan") for s in range(12, 100)})  # every step from 12 on
+    cfg = TrainConfig(out=out, max_steps=40, micro_batch_size=4, warmup_steps=2, eval_every=0, save_every=10,
+                      log_every=1, progress=False, spike_window=10, spike_patience=1, spike_lr_floor=0.1,
+                      device="cpu")
+    with pytest.raises(ScratchlmError, match=r"^stopped at step 16: the last 10 steps were all rejected \(non-finite "
+                       r"loss nan / grad norm nan\), so the run has diverged .*; last checkpoint: step_000010\. "):
+        train(cfg, mode, tiny.tiny_model(dropout=0.0), tiny.tokenizer())
+    assert mode.calls == 22  # 12 good steps, then 10 rejected ones, and no more
+    events = [e["event"] for e in records(out, "event")]
+    assert events == ["spike_rollback"] * 4 + ["spike_lr_floor"] + ["spike_skip"] * 4 + ["spike_stop"]
+    assert (out / "latest").read_text().strip() == "step_000010"
 
 
 # ---- 5. config.yaml is a valid --config for the command that wrote it ----------------------------------------

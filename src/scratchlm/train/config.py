@@ -139,7 +139,9 @@ class TrainConfig:
 
     # ---- loss-spike guard
     spike_window: int = 50
-    """Moving window (steps) of loss and grad-norm statistics for the spike guard (0 disables the guard)."""
+    """Moving window (steps) of loss and grad-norm statistics for the spike guard (0 disables the guard, except
+    that non-finite steps are skipped). A window of rejected steps in a row (50 when 0) stops the run with an
+    error: it has diverged."""
     spike_zscore: float = 6.0
     """A step whose loss or grad norm is this many standard deviations above the window mean is skipped."""
     spike_patience: int = 3

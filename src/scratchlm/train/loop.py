@@ -289,6 +289,9 @@ class Trainer:
         self.device = self.info.device
         self.main = self.info.is_main
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.tp > 1 and getattr(mode, "prefix", None) is not None:  # finetuning modes' --peft prefix|prompt
+            raise ScratchlmError(f"--peft {mode.prefix_kind} with --tp {cfg.tp} is not supported (--tp splits the "
+                                 "attention heads its prefix feeds); train it without --tp, e.g. --parallel fsdp")
         # the processes as pp x dp x tp on one DeviceMesh (a world size that is no such product: one line)
         self.layout = D.plan_layout(self.info, cfg.parallel, cfg.tp, cfg.pp, cfg.dp_shard)
         # zero2/fsdp/hsdp, --tp, --pp: no rank holds the whole model; evaluation, sampling and saving are collective
@@ -374,6 +377,7 @@ class Trainer:
         self.tokens = 0
         self.lr_scale = 1.0
         self.rollbacks = 0
+        self.rejected_in_a_row = 0  # optimizer steps the guard rejected since the last accepted one
         self.floor_reported = False
         self.last_checkpoint: Path | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.main)
@@ -695,6 +699,21 @@ class Trainer:
         where = f"back to {target.name}" if target is not None else "no checkpoint yet to go back to"
         self._event("spike_rollback", f"{reason}; {where}, LR scale -> {self.lr_scale:g}")
 
+    def _check_not_stuck(self, verdict: str, reason: str) -> None:
+        """A whole spike window of rejected steps in a row (skips, rollbacks, fp16 overflows) stops the run with
+        an error: its loss has diverged, or moved to a level the guard's history never learns (rejected steps do
+        not enter it), and every further step would be computed only to be thrown away. Every rank sees the same
+        verdicts, so every rank stops."""
+        self.rejected_in_a_row = 0 if verdict == OK else self.rejected_in_a_row + 1
+        limit = self.cfg.spike_window or 50  # the guard off still rejects non-finite steps
+        if self.rejected_in_a_row >= limit:
+            last = self.last_checkpoint.name if self.last_checkpoint is not None else "none yet"
+            self._event("spike_stop", f"{limit} steps in a row rejected ({reason})")
+            raise ScratchlmError(
+                f"stopped at step {self.step}: the last {limit} steps were all rejected ({reason}), so the run has "
+                f"diverged or its loss moved for good; last checkpoint: {last}. Rerun with a lower --lr or longer "
+                "--warmup-steps, or a higher --spike-zscore if the loss may legitimately move")
+
     def _done(self) -> str | None:
         """Why the run stops now, or None. Signals and the time budget are agreed over ranks in train_step."""
         cfg = self.cfg
@@ -731,6 +750,7 @@ class Trainer:
             with self.stopper.installed():
                 while (stopped := self._done()) is None:
                     loss_v, norm_v, extra_metrics, verdict, reason = self.train_step()
+                    self._check_not_stuck(verdict, reason)
                     if verdict == ROLLBACK:
                         self._rollback(reason)
                         continue
