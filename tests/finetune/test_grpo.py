@@ -99,6 +99,19 @@ def test_skipped_groups_change_nothing_and_kl_is_zero_at_the_start(char_ckpt: Pa
     assert any(g.abs().sum() > 0 for g in losses[0][1])  # ... while its gradient is not
 
 
+def test_each_prompt_of_a_rollout_draws_its_own_samples(char_ckpt: Path, tmp_path: Path) -> None:
+    """Sample i of every prompt used to share one seed, so a prompt twice in a batch got the same k completions."""
+    mode, loaded = _mode(char_ckpt, _coin, k=4)
+    _setup(mode, loaded, tmp_path)
+    hard = mode.prompts[0]
+    batch, _ = mode.rollout([hard, hard], seed=5)
+    assert batch is not None and batch["ids"].shape[0] == 8  # neither group was skipped
+    first, second = batch["ids"][:4], batch["ids"][4:8]  # the two groups of k rows, in prompt order
+    assert not torch.equal(first, second)
+    alone, _ = mode.rollout([hard], seed=5)
+    assert alone is not None and torch.equal(alone["ids"], first)  # the first prompt keeps the rollout's seed
+
+
 def _run(ckpt: Path, data: Path, out: Path, *more: str) -> int:
     return main(["finetune", "grpo", "--checkpoint", str(ckpt), "--data", str(data), "--template", "plain",
                  "--verifier", "math", "--k", "4", "--max-new-tokens", "6", "--micro-batch-size", "2",

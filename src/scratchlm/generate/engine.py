@@ -413,16 +413,19 @@ def max_len_for_budget(model: nn.Module, slots: int, budget_bytes: int) -> int:
 
 
 def make_sequences(
-    prompts: Sequence[list[int]], config: SampleConfig, stop_ids: Sequence[int] = ()
+    prompts: Sequence[list[int]], config: SampleConfig, stop_ids: Sequence[int] = (),
+    seeds: Sequence[int] | None = None,
 ) -> list[list[GenSequence]]:
-    """`config.n` sequences per prompt; the i-th sample of each prompt uses seed + i (when a seed is set)."""
+    """`config.n` sequences per prompt; the i-th sample of each prompt uses seed + i (when a seed is set), where
+    seed is `seeds[j]` for prompt j if given (independent draws across prompts), else `config.seed` (the same
+    prompt gives the same text wherever it sits in a batch)."""
     stops = frozenset(stop_ids) | frozenset(config.stop_ids)
+    bases = list(seeds) if seeds is not None else [config.seed] * len(prompts)
+    if len(bases) != len(prompts):
+        raise ValueError(f"{len(bases)} seeds for {len(prompts)} prompts")
     return [
-        [
-            GenSequence(list(p), config, stops, seed=None if config.seed is None else config.seed + i)
-            for i in range(config.n)
-        ]
-        for p in prompts
+        [GenSequence(list(p), config, stops, seed=None if base is None else base + i) for i in range(config.n)]
+        for p, base in zip(prompts, bases)
     ]
 
 

@@ -57,13 +57,15 @@ def complete(
     stop_ids: Sequence[int] | None = None,
     slots: int | None = None,
     compile: bool | str = False,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[Completion]]:
     """`config.n` completions for each prompt (text or ids), batched through one engine.
 
-    `compile`: compile the decode step (see `Engine` and `static_max_len`)."""
+    `compile`: compile the decode step (see `Engine` and `static_max_len`). `seeds`: one seed per prompt instead
+    of `config.seed` for all (see `make_sequences`)."""
     prompt_ids = [p if isinstance(p, list) else encode_prompt(tokenizer, p) for p in prompts]
     stops = default_stop_ids(tokenizer, config) if stop_ids is None else list(stop_ids)
-    groups = make_sequences(prompt_ids, config, stops)
+    groups = make_sequences(prompt_ids, config, stops, seeds)
     flat = [s for g in groups for s in g]
     streams = {s.id: TextStream(tokenizer, config.stop) for s in flat}
     max_len = static_max_len(model, prompt_ids, config, compile)

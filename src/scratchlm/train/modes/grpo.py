@@ -23,8 +23,9 @@ Decisions:
 - The KL reference is a frozen copy of the starting model (kept only when kl_coef > 0), so the KL term is 0
   while the policy equals it. log-probabilities use the raw logits (temperature 1): sample at temperature 1
   for the ratio to be the importance weight it claims to be.
-- Exact resume: the sampling seed of a rollout is a function of the run seed and the rollout's index, the
-  prompt order is `EpochBatches`', and a rollout with updates still to go is stored in the stream's state.
+- Exact resume: the sampling seed of a rollout is a function of the run seed and the rollout's index (prompt j
+  of a rollout samples from seed + j * k: its own draws), the prompt order is `EpochBatches`', and a rollout
+  with updates still to go is stored in the stream's state.
 
 What it does not know: how a reward is computed (a `reward(record, completion) -> (reward, error)` callable,
 `scratchlm.rl.verifiers.safe_reward` over a verifier), argv, or the optimizer.
@@ -213,7 +214,10 @@ class GRPOMode(FinetuneMode):
         stop_ids = self.template.stop_ids(self.tokenizer)
         config = SampleConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
                               stop=stops, seed=seed, n=self.k)
-        groups = complete(self.policy, self.tokenizer, [r["ids"] for r in records], config, stop_ids=stop_ids)
+        # one seed per prompt: with config.seed alone, sample i of every prompt would draw the same uniforms
+        seeds = [seed + j * self.k for j in range(len(records))]
+        groups = complete(self.policy, self.tokenizer, [r["ids"] for r in records], config, stop_ids=stop_ids,
+                          seeds=seeds)
         rows, rewards, errors, lengths = [], [], 0, []
         for rec, group in zip(records, groups):
             for c in group:
