@@ -121,8 +121,9 @@ def _dlogits(g: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, scale: torc
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Products through `torch.mm` / `addmm_` (BLAS takes the transposes without copies; grad_W accumulates in
-    place), the softmax as in-place passes over one reused buffer.
+    """Products through oneDNN on CPU in fp32 (the logits and grad_h, see `_head_buffer`), else `torch.mm`, and
+    grad_W through BLAS's `addmm_` (it takes the transposes without copies and accumulates in place); the softmax
+    as in-place passes over each chunk's logits.
 
     Per-token output: backward recomputes each chunk's logits (four head GEMMs per step). A scalar output (sum
     or mean): its upstream gradient is one number, so forward already turns each chunk into the gradient for a
