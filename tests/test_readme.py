@@ -123,6 +123,13 @@ def _check(argv: list[str], out: str) -> None:
         assert header.split()[0] == "token_perplexity" and 1 < float(values.split()[0]) < 1e6
     elif head == ["eval", "judge"]:
         assert json.loads(out)["judged"] >= 1
+    elif head[0] == "score":  # one reward per answer
+        assert len([float(v) for v in out.split()]) == len(argv) - argv.index("--prompt") - 2
+    elif head == ["rl", "arithmetic"]:
+        assert Path(argv[argv.index("--out") + 1], "test.jsonl").is_file()
+    elif head == ["eval", "verify"]:
+        rows = dict(line.split(None, 1) for line in out.strip().splitlines())
+        assert rows["records"] == argv[argv.index("--limit") + 1] and 0 <= float(rows["pass@n"]) <= 1
 
 
 def _sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
