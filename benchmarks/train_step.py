@@ -92,9 +92,8 @@ def child(args: argparse.Namespace) -> None:
 
 def readme_table(args: argparse.Namespace) -> None:
     # (row, loss path, glibc's malloc left as it is, precision): the first row is main before this work, the
-    # full logits with the default malloc; "chunked" is
-    # what the trainer runs; "chunked, bf16" is the README command as typed on a CPU with bf16 instructions
-    # (`--precision auto`)
+    # full logits with the default malloc; "chunked" is what the trainer runs; "chunked, bf16" is the README
+    # command as typed on a CPU with bf16 instructions (`--precision auto`)
     keep = args.no_retain_host_memory
     paths = [("main before: full", "full", True, "fp32"), ("full, retained", "full", keep, "fp32"),
              ("chunked", "chunked", keep, "fp32")]

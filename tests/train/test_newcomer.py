@@ -179,7 +179,7 @@ def test_spike_guard_stops_lowering_the_lr_at_its_floor_and_warns(
     )
     result = train(cfg, mode, tiny.tiny_model(dropout=0.0), tiny.tokenizer())
     events = [e["event"] for e in records(out, "event")]
-    # 1 -> 0.5 -> 0.25 -> 0.125 -> 0.1 (the floor): four rollbacks, one floor notice, then only skips
+    # 1 -> 0.5 -> 0.25 -> 0.125 -> 0.1 (the floor): four rollbacks, one floor notice, then skips (one here)
     assert events == ["spike_rollback"] * 4 + ["spike_lr_floor", "spike_skip"]  # then the run trains on
     state = json.loads((out / "step_000040" / "train_state" / "state.json").read_text())
     assert state["lr_scale"] == pytest.approx(0.1, rel=1e-12)
