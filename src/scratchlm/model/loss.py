@@ -164,6 +164,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g = g if dtype == torch.float32 else g.to(dtype)
                     _grad_hidden_into(grad_h[s : s + chunk], g, w, buf is None)  # (n, V) @ (V, C)
                     _accumulate(grad_w, g, h_c)
+                    del g
+                del logits  # before the next chunk's: its memory is reused, not a second block
         if precompute:
             ctx.save_for_backward(h, weight, bias, targets, lse, grad_h, grad_w, grad_b)
         else:
@@ -218,6 +220,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         _grad_hidden_into(grad_h[s : s + chunk], g, w, buf is None)  # (n, V) @ (V, C)
                     if need_w:
                         _accumulate(grad_w, g, h_c)
+                    del g  # before the next chunk's (see forward)
         return (
             grad_h.to(h.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
