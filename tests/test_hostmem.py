@@ -21,7 +21,7 @@ from scratchlm import hostmem
 applied = hostmem.retain_freed_memory() if sys.argv[1] == "on" else False
 w = torch.randn(2000, 5000)
 rows = []
-for _ in range(10):
+for _ in range(30):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     g = torch.zeros(2000, 5000); a = torch.randn(1000, 5000); g += a.sum(); b = a * 2
     c = torch.ones(3000, 5000); g2 = g * 3 + w; del a, b, c, g, g2
@@ -41,7 +41,9 @@ def test_retained_memory_ends_the_page_faults_of_a_repeated_step() -> None:
     assert on["applied"] is True and on["again"] is True  # applied once, idempotent
     pages = 200e6 / 4096  # what one step touches: about 200 MB of fresh tensors
     # glibc's default: every step maps, faults in and unmaps its large tensors again
-    assert all(faults > 0.3 * pages for faults, _ in off["rows"][-3:]), off["rows"]
-    # retained: after the heap has grown to the step's peak, the steps reuse it
-    assert all(faults < 0.01 * pages for faults, _ in on["rows"][-3:]), on["rows"]
-    assert len({rss for _, rss in on["rows"][-3:]}) == 1, on["rows"]  # and the process stops growing
+    assert all(faults > 0.3 * pages for faults, _ in off["rows"][-10:]), off["rows"]
+    # retained: once the heap has grown to hold the step (a few steps: torch's aligned blocks do not always fit
+    # the holes the last step left), the steps reuse it
+    assert all(faults < 0.01 * pages for faults, _ in on["rows"][-10:]), on["rows"]
+    assert len({rss for _, rss in on["rows"][-10:]}) == 1, on["rows"]  # and the process stops growing,
+    assert on["rows"][-1][1] < on["rows"][0][1] + 1.5 * 200e6, on["rows"]  # within 1.5 steps of its first size
