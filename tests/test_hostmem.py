@@ -21,7 +21,7 @@ from scratchlm import hostmem
 applied = hostmem.retain_freed_memory() if sys.argv[1] == "on" else False
 w = torch.randn(2000, 5000)
 rows = []
-for _ in range(30):
+for _ in range(60):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     g = torch.zeros(2000, 5000); a = torch.randn(1000, 5000); g += a.sum(); b = a * 2
     c = torch.ones(3000, 5000); g2 = g * 3 + w; del a, b, c, g, g2
@@ -39,11 +39,16 @@ def _run(policy: str) -> dict:
 def test_retained_memory_ends_the_page_faults_of_a_repeated_step() -> None:
     on, off = _run("on"), _run("off")
     assert on["applied"] is True and on["again"] is True  # applied once, idempotent
-    pages = 200e6 / 4096  # what one step touches: about 200 MB of fresh tensors
-    # glibc's default: every step maps, faults in and unmaps its large tensors again
-    assert all(faults > 0.3 * pages for faults, _ in off["rows"][-10:]), off["rows"]
-    # retained: once the heap has grown to hold the step (a few steps: torch's aligned blocks do not always fit
-    # the holes the last step left), the steps reuse it
-    assert all(faults < 0.01 * pages for faults, _ in on["rows"][-10:]), on["rows"]
-    assert len({rss for _, rss in on["rows"][-10:]}) == 1, on["rows"]  # and the process stops growing,
-    assert on["rows"][-1][1] < on["rows"][0][1] + 1.5 * 200e6, on["rows"]  # within 1.5 steps of its first size
+    step = 200e6 / 4096  # the pages one step touches: about 200 MB of fresh tensors
+    # every step after the first: glibc's default maps, faults in and unmaps large tensors again
+    off_faults = [faults for faults, _ in off["rows"][1:]]
+    assert min(off_faults) > 0.3 * step, off["rows"]
+    # retained: the steps reuse the heap. It still grows now and then (torch's 64-byte-aligned blocks do not always
+    # fit the holes the last step left; measured: up to 5 growths of 20-40 MB within 60 steps, at any step), but by
+    # a bounded amount: all the faults after the first step add up to under two steps' worth, against 59 here
+    on_faults = [faults for faults, _ in on["rows"][1:]]
+    assert sum(on_faults) < 2 * step, on["rows"]
+    assert sum(on_faults) < 0.1 * sum(off_faults), (on["rows"], off["rows"])
+    assert sum(faults == 0 for faults in on_faults) >= 0.8 * len(on_faults), on["rows"]  # most steps fault nothing
+    first_rss = on["rows"][0][1]
+    assert max(rss for _, rss in on["rows"]) < first_rss + 1.5 * 200e6, on["rows"]  # the process's size is bounded

@@ -11,8 +11,10 @@ there, so the next step reuses the same pages. On the 2-core CPU the gpt2-shape 
 
 The price is that the process's resident memory stays at its peak instead of shrinking between steps: right for
 a training process, whose peak recurs every step (jemalloc and tcmalloc, which Intel recommends preloading for CPU
-training, make the same trade). The heap settles within a few steps: torch's aligned blocks do not always fit the
-holes the last step left, so it grows a few times first (tests/test_hostmem.py: by under one step's worth). The trainer applies it on CPU unless `--retain-host-memory false`.
+training, make the same trade). The heap does not settle at once: torch's aligned blocks do not always fit the
+holes the last step left, so it grows now and then, by a bounded amount (tests/test_hostmem.py: all growth after
+the first step adds up to under two steps' worth). The trainer applies it on CPU unless `--retain-host-memory
+false`.
 Linux with glibc only; elsewhere it does nothing. This module knows nothing of models or training.
 """
 
