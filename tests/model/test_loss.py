@@ -59,15 +59,18 @@ def test_scalar_reductions_match_cross_entropy_and_its_gradients(reduction: str,
     torch.testing.assert_close(full_cross_entropy(F.linear(h, w, b), t, reduction=reduction), ref)
 
 
-def test_under_bf16_autocast_it_matches_autocast_full_logits() -> None:
-    h, w, b, t = _problem(bias=False)
+@pytest.mark.parametrize("reduction", ["none", "mean"])  # recomputed in backward; made in forward
+@pytest.mark.parametrize("bias", [False, True])
+def test_under_bf16_autocast_it_matches_autocast_full_logits(bias: bool, reduction: str) -> None:
+    h, w, b, t = _problem(bias=bias)
+    params = [h, w] + ([b] if bias else [])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = linear_cross_entropy(h, w, t, b, chunk=20)
-        want = full_cross_entropy(F.linear(h, w, b), t)
+        got = linear_cross_entropy(h, w, t, b, chunk=20, reduction=reduction)
+        want = full_cross_entropy(F.linear(h, w, b), t, reduction=reduction)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)  # the same bf16 products, the same fp32 softmax
-    g_got = torch.autograd.grad(got.sum(), [h, w])
-    g_want = torch.autograd.grad(want.sum(), [h, w])
+    g_got = torch.autograd.grad(got.sum(), params)
+    g_want = torch.autograd.grad(want.sum(), params)
     for a, r in zip(g_got, g_want, strict=True):  # bf16 GEMMs: agreement to bf16's precision
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, r, rtol=2e-2, atol=2e-2 * r.abs().max().item())
@@ -77,6 +80,8 @@ def test_chunk_size_keeps_the_logits_small() -> None:
     assert chunk_tokens(50257) * 50257 * 4 <= 32 * 2**20 and chunk_tokens(50257) >= 128
     assert chunk_tokens(10**9) == 16
     assert chunk_tokens(50304, device_type="cuda") * 4 >= 16 * 1024  # the gpt2 recipe's micro-batch in 4 chunks
+    # bf16 on CPU: wider chunks (fewer conversions of the weight gradient), still a fraction of a batch's logits
+    assert 4 * chunk_tokens(50257) <= chunk_tokens(50257, dtype=torch.bfloat16) <= 1024
 
 
 @pytest.mark.parametrize("tie", [True, False])

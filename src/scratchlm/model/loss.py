@@ -7,8 +7,9 @@ the tokens in chunks:
     forward   per chunk: logits = h_c W^T (+ b); keep lse = logsumexp(logits) and nll = lse - logits[target]
     backward  per chunk: recompute logits; dlogits = (softmax - onehot(target)) * grad_nll
               grad_h_c = dlogits W,   grad_W += dlogits^T h_c,   grad_b += sum(dlogits)
+              (grad_nll, one number per row, scales grad_h_c's rows and h_c's, not the chunk's logits)
 
-so the memory is one chunk's logits (32 MB at GPT-2's vocabulary) whatever the batch, for one more head
+so the memory is one chunk's logits (32 MB at GPT-2's vocabulary in fp32) whatever the batch, for one more head
 GEMM in backward (the idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, Wijmans et al. 2024).
 It returns the per-token NLL (0 at `ignore_index` targets) for the modes that weigh tokens themselves (DPO's
 per-row sums, perplexity, multiple choice), or their sum or mean (pretraining, SFT's masked mean): a scalar
@@ -31,20 +32,25 @@ import torch.nn.functional as F
 from scratchlm.model import onednn
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 8M floats, 32 MB (166 tokens at GPT-2's vocabulary)
-# Measured on the 2-core CPU (benchmarks/train_step.py): larger buffers exceed glibc's largest mmap threshold
-# (32 MB), so unless freed memory is retained (scratchlm.hostmem, as the trainer sets it) each allocation is
-# fresh pages and the step spends its time in page faults; smaller ones make thin GEMMs. 96-166 tokens per chunk
-# ran fastest at GPT-2's vocabulary; with retained memory, 32 to 1,536 tokens per chunk ran within 5%.
+CHUNK_ELEMENTS = 1 << 23  # fp32 logits per chunk on CPU: 8M floats, 32 MB (166 tokens at GPT-2's vocabulary)
+# Measured on the 2-core CPU (benchmarks/train_step.py): with freed memory retained (scratchlm.hostmem, as the
+# trainer sets it) 32 to 1,536 tokens per chunk ran within 5% in fp32; without it, buffers above glibc's largest
+# mmap threshold (32 MB) are fresh pages at every allocation and the step spends its time in page faults.
+LOW_PRECISION_CHUNK_ELEMENTS = 1 << 25  # bf16/fp16 on CPU: 667 tokens of GPT-2 (a 128 MB float32 softmax buffer
+# and a 64 MB one for the products). The wider chunks run the head 1.15x as fast as 166 tokens on the 2-core CPU:
+# the low-precision weight gradient of each chunk is converted and added to the float32 sum, 6 times instead of 19
 GPU_CHUNK_ELEMENTS = 1 << 28  # 1 GB of fp32 logits: a GPU's caching allocator reuses it; few, large chunks keep
 # the GEMMs wide and the graph `torch.compile` unrolls short (16 x 1024 tokens of GPT-2 in 4 chunks)
 
 
-def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS, device_type: str = "cpu") -> int:
-    """Tokens per chunk: as many as keep one chunk's logits at `chunk_elements` (at least 16); on an
-    accelerator the larger GPU_CHUNK_ELEMENTS."""
+def chunk_tokens(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS, device_type: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> int:
+    """Tokens per chunk: as many as keep one chunk's logits at `chunk_elements` (at least 16); in a lower
+    compute precision on CPU at least LOW_PRECISION_CHUNK_ELEMENTS, on an accelerator GPU_CHUNK_ELEMENTS."""
     if device_type != "cpu":
         chunk_elements = max(chunk_elements, GPU_CHUNK_ELEMENTS)
+    elif dtype != torch.float32:
+        chunk_elements = max(chunk_elements, LOW_PRECISION_CHUNK_ELEMENTS)
     return max(16, chunk_elements // max(vocab_size, 1))
 
 
@@ -69,7 +75,7 @@ def linear_cross_entropy(
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} do not match")
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    n = chunk or chunk_tokens(weight.shape[0], device_type=device_type)
+    n = chunk or chunk_tokens(weight.shape[0], device_type=device_type, dtype=dtype)
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
     tracked = hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -79,49 +85,62 @@ def linear_cross_entropy(
     return nll.view(targets.shape) if reduction == "none" else nll
 
 
-def _logits(buf: torch.Tensor | None, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One chunk's logits (n, V) in float32: oneDNN's product in a fresh tensor when `buf` is None (see
-    `_head_buffer`), else written into `buf`. `h` and `w` are already in the compute dtype; a bf16 product is
-    rounded as autocast's is."""
-    if buf is None:
-        return onednn.linear(h, w, bias)
-    out = buf[: h.shape[0]]
-    if h.dtype == torch.float32:
-        torch.mm(h, w.t(), out=out)
-    else:
-        out.copy_(torch.mm(h, w.t()))
-    if bias is not None:
-        out.add_(bias.to(h.dtype).float() if h.dtype != torch.float32 else bias)
-    return out
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): torch's CPU exp2 is 2.5x as fast as its exp (AVX512)
 
 
-def _head_buffer(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, chunk: int,
-                 n: int) -> torch.Tensor | None:
-    """The (chunk, V) float32 buffer that every chunk's logits reuse, or None where the head's products go
-    through oneDNN (CPU fp32), which writes its own outputs: at these short, wide shapes it runs the logits 1.5x
-    and grad_h 1.2x as fast as BLAS on the project's AMD CPU (benchmarks/train_step.py)."""
-    if onednn.takes(h, w, bias):
-        return None
-    return torch.empty(min(chunk, n), w.shape[0], dtype=torch.float32, device=h.device)
+class _Chunks:
+    """The head's per-chunk work and the buffers every chunk reuses.
 
+    On CPU in fp32 oneDNN writes each chunk's logits into its own output (at these short, wide shapes it runs the
+    logits 1.5x and grad_h 1.2x as fast as BLAS on the project's AMD CPU, benchmarks/train_step.py) and every
+    pass works in place there. Otherwise the products go into `raw` (chunk, V) in the compute dtype; in a lower
+    precision the softmax runs in the float32 `work` buffer and the gradient goes back into `raw` for the
+    products. Every pass over a chunk costs a trip through memory (a chunk is larger than the cache), so there are
+    few: the max, the shift (with the change to base 2), exp2 and the sum, and, per row, the target's term and the
+    scale of the gradient, which go on the small side of each product instead of over the chunk."""
 
-def _grad_hidden_into(out: torch.Tensor, g: torch.Tensor, w: torch.Tensor, fast: bool) -> None:
-    """out (n, C) = g (n, V) @ w (V, C); through oneDNN when `fast`."""
-    if fast:
-        out.copy_(onednn.linear(g, w.t()))
-    else:
-        torch.mm(g, w, out=out)
+    def __init__(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, chunk: int) -> None:
+        n, V = min(chunk, h.shape[0]), w.shape[0]
+        self.fast = onednn.takes(h[:1], w, bias)
+        self.raw = None if self.fast else torch.empty(n, V, dtype=w.dtype, device=h.device)
+        low = w.dtype != torch.float32
+        self.work = torch.empty(n, V, dtype=torch.float32, device=h.device) if low else None
+        self.w, self.bias = w, bias.to(w.dtype) if bias is not None else None
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, V) logits in the compute dtype (rounded as autocast's `F.linear` rounds them)."""
+        if self.fast:
+            return onednn.linear(h, self.w, self.bias)
+        out = self.raw[: h.shape[0]]
+        if self.bias is None:
+            return torch.mm(h, self.w.t(), out=out)
+        return torch.addmm(self.bias, h, self.w.t(), out=out)
 
-def _dlogits(g: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """In place: a chunk's logits (n, V) -> d nll / d logits = (softmax - onehot(target)) * scale (n,)."""
-    g.sub_(lse[:, None]).exp_()  # softmax
-    g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0
-    return g.mul_(scale[:, None])
+    def exp_shifted(self, z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """exp(z - shift[:, None]) in float32: in place on float32 logits, else converted into `work` first
+        (a plain copy: a mixed-dtype elementwise op would convert through a temporary of the chunk's size)."""
+        if z.dtype != torch.float32:
+            z = self.work[: z.shape[0]].copy_(z)
+        return torch.add((shift * -LOG2E)[:, None], z, alpha=LOG2E, out=z).exp2_()  # shift and base 2: one pass
+
+    def backward_into(self, grad_h: torch.Tensor | None, grad_w: torch.Tensor | None, e: torch.Tensor,
+                      scale: torch.Tensor, h: torch.Tensor) -> None:
+        """grad_h (n, C) = (e * scale[:, None]) @ w and grad_w (V, C) += (e * scale[:, None])^T @ h: the rows'
+        scale goes on the two small sides of the products, not over the chunk; e (float32, n x V) in the compute
+        dtype, converted into `raw`."""
+        g = e if self.w.dtype == torch.float32 else self.raw[: e.shape[0]].copy_(e)
+        if grad_h is not None:
+            if self.fast:
+                grad_h.copy_(onednn.linear(g, self.w.t()))
+            else:
+                torch.mm(g, self.w, out=grad_h)
+            grad_h.mul_(scale[:, None])  # in float32, rounded once
+        if grad_w is not None:
+            _accumulate(grad_w, g, (h * scale[:, None]).to(h.dtype))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Products through oneDNN on CPU in fp32 (the logits and grad_h, see `_head_buffer`), else `torch.mm`, and
+    """Products through oneDNN on CPU in fp32 (the logits and grad_h, see `_Chunks`), else `torch.mm`, and
     grad_W through BLAS's `addmm_` (it takes the transposes without copies and accumulates in place); the softmax
     as in-place passes over each chunk's logits.
 
@@ -145,27 +164,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
             grad_b = torch.zeros(V, dtype=torch.float32, device=h.device) if bias is not None else None
         with torch.autocast(h.device.type, enabled=False):
-            buf = _head_buffer(h[:1].to(dtype), w, bias, chunk, N)
+            chunks = _Chunks(h, w, bias, chunk)
             for s in range(0, N, chunk):
-                h_c = h[s : s + chunk].to(dtype)
-                logits = _logits(buf, h_c, w, bias)  # (n, V)
-                picked = logits.gather(1, safe[s : s + chunk, None])[:, 0]
-                top = logits.amax(dim=1)
-                total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # in place: no temporaries of its size
+                h_c, t_c = h[s : s + chunk].to(dtype), safe[s : s + chunk]
+                z = chunks.logits(h_c)  # (n, V)
+                picked = z.gather(1, t_c[:, None])[:, 0].float()
+                top = z.amax(dim=1).float()
+                e = chunks.exp_shifted(z, top)  # exp(z - top): no temporaries of its size
+                total = e.sum(dim=1)
                 lse_c = top + total.log()
                 lse[s : s + chunk] = lse_c
                 nll[s : s + chunk] = torch.where(valid[s : s + chunk], lse_c - picked, 0.0)
-                if precompute:  # the buffer holds exp(logits - top): softmax - onehot, 0 on ignored rows
-                    g = logits.div_(total[:, None])
-                    g[torch.arange(g.shape[0], device=g.device), safe[s : s + chunk]] -= 1.0
-                    g.mul_(unit[s : s + chunk, None])
+                if precompute:  # softmax - onehot = (e - total * onehot) / total, 0 on ignored rows
+                    rows = torch.arange(e.shape[0], device=e.device)
+                    e[rows, t_c] -= total
+                    scale = unit[s : s + chunk] / total
                     if grad_b is not None:
-                        grad_b += g.sum(0)
-                    g = g if dtype == torch.float32 else g.to(dtype)
-                    _grad_hidden_into(grad_h[s : s + chunk], g, w, buf is None)  # (n, V) @ (V, C)
-                    _accumulate(grad_w, g, h_c)
-                    del g
-                del logits  # before the next chunk's: its memory is reused, not a second block
+                        grad_b += torch.mv(e.t(), scale)
+                    chunks.backward_into(grad_h[s : s + chunk], grad_w, e, scale, h_c)
+                del z, e  # before the next chunk's: its memory is reused, not a second block
         if precompute:
             ctx.save_for_backward(h, weight, bias, targets, lse, grad_h, grad_w, grad_b)
         else:
@@ -208,19 +225,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_b:
                 grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device)
             with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
-                buf = _head_buffer(h[:1].to(dtype), w, bias, chunk, N)
+                chunks = _Chunks(h, w, bias, chunk)
                 for s in range(0, N, chunk):
-                    h_c = h[s : s + chunk].to(dtype)
-                    g = _logits(buf, h_c, w, bias)  # recomputed: (n, V)
-                    g = _dlogits(g, lse[s : s + chunk], safe[s : s + chunk], scale[s : s + chunk])
+                    h_c, t_c = h[s : s + chunk].to(dtype), safe[s : s + chunk]
+                    e = chunks.exp_shifted(chunks.logits(h_c), lse[s : s + chunk])  # recomputed: softmax (n, V)
+                    e[torch.arange(e.shape[0], device=e.device), t_c] -= 1.0
                     if need_b:
-                        grad_b += g.sum(0)
-                    g = g if dtype == torch.float32 else g.to(dtype)
-                    if need_h:
-                        _grad_hidden_into(grad_h[s : s + chunk], g, w, buf is None)  # (n, V) @ (V, C)
-                    if need_w:
-                        _accumulate(grad_w, g, h_c)
-                    del g  # before the next chunk's (see forward)
+                        grad_b += torch.mv(e.t(), scale[s : s + chunk])
+                    chunks.backward_into(grad_h[s : s + chunk] if need_h else None, grad_w, e, scale[s : s + chunk],
+                                         h_c)
+                    del e  # before the next chunk's (see forward)
         return (
             grad_h.to(h.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -234,7 +248,7 @@ def _accumulate(grad_w: torch.Tensor, g: torch.Tensor, h_c: torch.Tensor) -> Non
     if g.dtype == torch.float32:
         grad_w.addmm_(g.t(), h_c)  # accumulated in place
     else:
-        grad_w += torch.mm(g.t(), h_c).float()
+        grad_w.add_(torch.mm(g.t(), h_c))  # converted as it is added
 
 
 def full_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX,
