@@ -76,6 +76,30 @@ def test_under_bf16_autocast_it_matches_autocast_full_logits(bias: bool, reducti
         torch.testing.assert_close(a, r, rtol=2e-2, atol=2e-2 * r.abs().max().item())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_row_blocks_smaller_than_a_chunk_give_the_same_values(monkeypatch: pytest.MonkeyPatch, precision: str,
+                                                               reduction: str) -> None:
+    """On CPU the softmax's passes go over blocks of rows that the cache holds (at GPT-2's vocabulary 20 of a
+    chunk's 166 or 667): here 7 rows, which divide neither the chunk nor the tokens."""
+    from scratchlm.model import loss
+
+    monkeypatch.setattr(loss, "ROW_BLOCK_ELEMENTS", 7 * 500)
+    h, w, b, t = _problem(bias=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with autocast:
+        got = linear_cross_entropy(h, w, t, b, chunk=37, reduction=reduction)
+    monkeypatch.setattr(loss, "ROW_BLOCK_ELEMENTS", 10**9)  # one block per chunk
+    with autocast:
+        want = linear_cross_entropy(h, w, t, b, chunk=37, reduction=reduction)
+        ref = full_cross_entropy(F.linear(h, w, b), t, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same operations on the same rows
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
+    for a, r in zip(torch.autograd.grad(got.sum(), [h, w, b]), torch.autograd.grad(want.sum(), [h, w, b]),
+                    strict=True):
+        torch.testing.assert_close(a, r, rtol=2e-6, atol=1e-8)  # the bias's sums add up block by block
+
+
 def test_chunk_size_keeps_the_logits_small() -> None:
     assert chunk_tokens(50257) * 50257 * 4 <= 32 * 2**20 and chunk_tokens(50257) >= 128
     assert chunk_tokens(10**9) == 16

@@ -36,9 +36,12 @@ CHUNK_ELEMENTS = 1 << 23  # fp32 logits per chunk on CPU: 8M floats, 32 MB (166 
 # Measured on the 2-core CPU (benchmarks/train_step.py): with freed memory retained (scratchlm.hostmem, as the
 # trainer sets it) 32 to 1,536 tokens per chunk ran within 5% in fp32; without it, buffers above glibc's largest
 # mmap threshold (32 MB) are fresh pages at every allocation and the step spends its time in page faults.
-LOW_PRECISION_CHUNK_ELEMENTS = 1 << 25  # bf16/fp16 on CPU: 667 tokens of GPT-2 (a 128 MB float32 softmax buffer
-# and a 64 MB one for the products). The wider chunks run the head 1.15x as fast as 166 tokens on the 2-core CPU:
-# the low-precision weight gradient of each chunk is converted and added to the float32 sum, 6 times instead of 19
+LOW_PRECISION_CHUNK_ELEMENTS = 1 << 25  # bf16/fp16 on CPU: 667 tokens of GPT-2 (64 MB of bf16 products). The
+# wider chunks run the head 1.15x as fast as 166 tokens on the 2-core CPU: each chunk's low-precision weight
+# gradient is converted and added to the float32 sum, 6 times a step instead of 19
+ROW_BLOCK_ELEMENTS = 1 << 20  # CPU: the softmax's passes go over blocks of 4 MB of float32 (20 rows of GPT-2),
+# which the cache holds: in bf16 the README configuration's step ran 1.1x as fast as with passes over whole
+# chunks (2-core CPU, 32 MB L3; blocks of 16 to 32 rows ran alike)
 GPU_CHUNK_ELEMENTS = 1 << 28  # 1 GB of fp32 logits: a GPU's caching allocator reuses it; few, large chunks keep
 # the GEMMs wide and the graph `torch.compile` unrolls short (16 x 1024 tokens of GPT-2 in 4 chunks)
 
@@ -92,19 +95,22 @@ class _Chunks:
     """The head's per-chunk work and the buffers every chunk reuses.
 
     On CPU in fp32 oneDNN writes each chunk's logits into its own output (at these short, wide shapes it runs the
-    logits 1.5x and grad_h 1.2x as fast as BLAS on the project's AMD CPU, benchmarks/train_step.py) and every
-    pass works in place there. Otherwise the products go into `raw` (chunk, V) in the compute dtype; in a lower
-    precision the softmax runs in the float32 `work` buffer and the gradient goes back into `raw` for the
-    products. Every pass over a chunk costs a trip through memory (a chunk is larger than the cache), so there are
-    few: the max, the shift (with the change to base 2), exp2 and the sum, and, per row, the target's term and the
-    scale of the gradient, which go on the small side of each product instead of over the chunk."""
+    logits 1.5x and grad_h 1.2x as fast as BLAS on the project's AMD CPU, benchmarks/train_step.py) and the
+    softmax works in place there; otherwise the products go into `raw` (chunk, V) in the compute dtype. The
+    softmax's passes (the max, a shift that also changes to base 2, exp2, the sum, the target's term) go over
+    blocks of `rows` rows: a chunk is larger than the cache, a block is not, so only the first pass over a block
+    goes to memory. In a lower precision a block is converted into the float32 `work` buffer and the gradient
+    back into `raw`, for the products. The rows' scale of the gradient goes on the small side of each product
+    instead of over the chunk."""
 
     def __init__(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, chunk: int) -> None:
         n, V = min(chunk, h.shape[0]), w.shape[0]
         self.fast = onednn.takes(h[:1], w, bias)
         self.raw = None if self.fast else torch.empty(n, V, dtype=w.dtype, device=h.device)
+        # blocks in the cache on CPU; an accelerator takes the chunk at once (few kernels, short compiled graphs)
+        self.rows = max(1, ROW_BLOCK_ELEMENTS // V) if h.device.type == "cpu" else n
         low = w.dtype != torch.float32
-        self.work = torch.empty(n, V, dtype=torch.float32, device=h.device) if low else None
+        self.work = torch.empty(min(self.rows, n), V, dtype=torch.float32, device=h.device) if low else None
         self.w, self.bias = w, bias.to(w.dtype) if bias is not None else None
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -116,19 +122,43 @@ class _Chunks:
             return torch.mm(h, self.w.t(), out=out)
         return torch.addmm(self.bias, h, self.w.t(), out=out)
 
-    def exp_shifted(self, z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """exp(z - shift[:, None]) in float32: in place on float32 logits, else converted into `work` first
-        (a plain copy: a mixed-dtype elementwise op would convert through a temporary of the chunk's size)."""
-        if z.dtype != torch.float32:
-            z = self.work[: z.shape[0]].copy_(z)
-        return torch.add((shift * -LOG2E)[:, None], z, alpha=LOG2E, out=z).exp2_()  # shift and base 2: one pass
+    def softmax(self, z: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                lse: torch.Tensor | None = None, grad_b: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+        """e = exp(z - shift) in float32 over the chunk's logits z (n, V), block by block: the shift is each row's
+        max (forward; returns it as `top` and the rows' sums of e as `total`) or the given `lse` (backward: e is
+        the softmax). With `weights` (n,), z becomes the gradient's direction in the compute dtype, in place:
+        e - total * onehot(target) (forward) or e - onehot (backward), whose rows the returned `scale`
+        (weights / total, or weights) turns into d loss / d logits; `grad_b` accumulates that gradient's column
+        sums. Returns (top, total, scale); None for what was not asked."""
+        n, dev, f32 = z.shape[0], z.device, torch.float32
+        forward = lse is None
+        top = torch.empty(n, dtype=f32, device=dev) if forward else None
+        total = torch.empty(n, dtype=f32, device=dev) if forward else None
+        scale = torch.empty(n, dtype=f32, device=dev) if weights is not None else None
+        for r in range(0, n, self.rows):
+            zr = z[r : r + self.rows]
+            m = zr.shape[0]
+            shift = zr.amax(dim=1).float() if forward else lse[r : r + m]
+            e = zr if zr.dtype == f32 else self.work[:m].copy_(zr)  # a plain copy: a mixed-dtype op would
+            # convert through a temporary
+            torch.add((shift * -LOG2E)[:, None], e, alpha=LOG2E, out=e).exp2_()  # shift and base 2: one pass
+            if forward:
+                top[r : r + m] = shift
+                sums = total[r : r + m] = e.sum(dim=1)
+            if weights is None:
+                continue
+            e[torch.arange(m, device=dev), targets[r : r + m]] -= sums if forward else 1.0
+            scale[r : r + m] = weights[r : r + m] / sums if forward else weights[r : r + m]
+            if grad_b is not None:
+                grad_b += torch.mv(e.t(), scale[r : r + m])
+            if e is not zr:
+                zr.copy_(e)
+        return top, total, scale
 
-    def backward_into(self, grad_h: torch.Tensor | None, grad_w: torch.Tensor | None, e: torch.Tensor,
+    def backward_into(self, grad_h: torch.Tensor | None, grad_w: torch.Tensor | None, g: torch.Tensor,
                       scale: torch.Tensor, h: torch.Tensor) -> None:
-        """grad_h (n, C) = (e * scale[:, None]) @ w and grad_w (V, C) += (e * scale[:, None])^T @ h: the rows'
-        scale goes on the two small sides of the products, not over the chunk; e (float32, n x V) in the compute
-        dtype, converted into `raw`."""
-        g = e if self.w.dtype == torch.float32 else self.raw[: e.shape[0]].copy_(e)
+        """grad_h (n, C) = (g * scale[:, None]) @ w and grad_w (V, C) += (g * scale[:, None])^T @ h, with `g`
+        (n, V) from `softmax`: the rows' scale goes on the two small sides of the products, not over the chunk."""
         if grad_h is not None:
             if self.fast:
                 grad_h.copy_(onednn.linear(g, self.w.t()))
@@ -169,20 +199,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 h_c, t_c = h[s : s + chunk].to(dtype), safe[s : s + chunk]
                 z = chunks.logits(h_c)  # (n, V)
                 picked = z.gather(1, t_c[:, None])[:, 0].float()
-                top = z.amax(dim=1).float()
-                e = chunks.exp_shifted(z, top)  # exp(z - top): no temporaries of its size
-                total = e.sum(dim=1)
+                # with a gradient to make: softmax - onehot = (e - total * onehot) / total, 0 on ignored rows
+                top, total, scale = chunks.softmax(z, t_c, unit[s : s + chunk] if precompute else None,
+                                                   grad_b=grad_b if precompute else None)
                 lse_c = top + total.log()
                 lse[s : s + chunk] = lse_c
                 nll[s : s + chunk] = torch.where(valid[s : s + chunk], lse_c - picked, 0.0)
-                if precompute:  # softmax - onehot = (e - total * onehot) / total, 0 on ignored rows
-                    rows = torch.arange(e.shape[0], device=e.device)
-                    e[rows, t_c] -= total
-                    scale = unit[s : s + chunk] / total
-                    if grad_b is not None:
-                        grad_b += torch.mv(e.t(), scale)
-                    chunks.backward_into(grad_h[s : s + chunk], grad_w, e, scale, h_c)
-                del z, e  # before the next chunk's: its memory is reused, not a second block
+                if precompute:
+                    chunks.backward_into(grad_h[s : s + chunk], grad_w, z, scale, h_c)
+                del z  # before the next chunk's: its memory is reused, not a second block
         if precompute:
             ctx.save_for_backward(h, weight, bias, targets, lse, grad_h, grad_w, grad_b)
         else:
@@ -228,13 +253,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunks = _Chunks(h, w, bias, chunk)
                 for s in range(0, N, chunk):
                     h_c, t_c = h[s : s + chunk].to(dtype), safe[s : s + chunk]
-                    e = chunks.exp_shifted(chunks.logits(h_c), lse[s : s + chunk])  # recomputed: softmax (n, V)
-                    e[torch.arange(e.shape[0], device=e.device), t_c] -= 1.0
-                    if need_b:
-                        grad_b += torch.mv(e.t(), scale[s : s + chunk])
-                    chunks.backward_into(grad_h[s : s + chunk] if need_h else None, grad_w, e, scale[s : s + chunk],
-                                         h_c)
-                    del e  # before the next chunk's (see forward)
+                    z = chunks.logits(h_c)  # recomputed: (n, V)
+                    _, _, sc = chunks.softmax(z, t_c, scale[s : s + chunk], lse=lse[s : s + chunk], grad_b=grad_b)
+                    chunks.backward_into(grad_h[s : s + chunk] if need_h else None, grad_w, z, sc, h_c)
+                    del z  # before the next chunk's (see forward)
         return (
             grad_h.to(h.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
