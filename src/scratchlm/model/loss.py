@@ -172,7 +172,7 @@ class _Chunks:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Products through oneDNN on CPU in fp32 (the logits and grad_h, see `_Chunks`), else `torch.mm`, and
     grad_W through BLAS's `addmm_` (it takes the transposes without copies and accumulates in place); the softmax
-    as in-place passes over each chunk's logits.
+    as in-place passes over blocks of each chunk's rows (`_Chunks.softmax`).
 
     Per-token output: backward recomputes each chunk's logits (four head GEMMs per step). A scalar output (sum
     or mean): its upstream gradient is one number, so forward already turns each chunk into the gradient for a
