@@ -107,8 +107,10 @@ class _Chunks:
         n, V = min(chunk, h.shape[0]), w.shape[0]
         self.fast = onednn.takes(h[:1], w, bias)
         self.raw = None if self.fast else torch.empty(n, V, dtype=w.dtype, device=h.device)
-        # blocks in the cache on CPU; an accelerator takes the chunk at once (few kernels, short compiled graphs)
-        self.rows = max(1, ROW_BLOCK_ELEMENTS // V) if h.device.type == "cpu" else n
+        # blocks in the cache on CPU; an accelerator takes the chunk at once (few kernels), and so does a compiled
+        # graph (its fused kernels make one pass; unrolled blocks would only lengthen the graph)
+        eager_cpu = h.device.type == "cpu" and not torch.compiler.is_compiling()
+        self.rows = max(1, ROW_BLOCK_ELEMENTS // V) if eager_cpu else n
         low = w.dtype != torch.float32
         self.work = torch.empty(min(self.rows, n), V, dtype=torch.float32, device=h.device) if low else None
         self.w, self.bias = w, bias.to(w.dtype) if bias is not None else None
