@@ -13,8 +13,8 @@ The price is that the process's resident memory stays at its peak instead of shr
 a training process, whose peak recurs every step (jemalloc and tcmalloc, which Intel recommends preloading for CPU
 training, make the same trade). The heap does not settle at once: torch's aligned blocks do not always fit the
 holes the last step left, so it grows now and then, by a bounded amount (tests/test_hostmem.py: all growth after
-the first step adds up to under two steps' worth). The trainer applies it on CPU unless `--retain-host-memory
-false`.
+the first step adds up to a step's worth or so, 240 MB at most for a step of 200 MB). The trainer applies it on
+CPU unless `--retain-host-memory false`.
 Linux with glibc only; elsewhere it does nothing. This module knows nothing of models or training.
 """
 
