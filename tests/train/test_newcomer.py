@@ -382,6 +382,7 @@ def test_the_onednn_config_switch_turns_the_path_off_and_on(tmp_path: Path, monk
 def test_training_on_cpu_retains_freed_memory_unless_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   value: bool) -> None:
     from scratchlm import hostmem
+    from scratchlm.cli.parsing import parse
 
     calls: list[bool] = []
     monkeypatch.setattr(hostmem, "retain_freed_memory", lambda: calls.append(True) or True)  # process-wide: not here
@@ -390,6 +391,4 @@ def test_training_on_cpu_retains_freed_memory_unless_switched_off(tmp_path: Path
                       save_every=0, progress=False, spike_window=0, device="cpu", retain_host_memory=value)
     train(cfg, tiny.TinyMode(), tiny.tiny_model(), tiny.tokenizer())
     assert calls == ([True] if value else [])
-    from scratchlm.cli.parsing import parse
-
     assert parse(TrainConfig, argv, "pretrain").retain_host_memory is value  # the flag the CLI exposes

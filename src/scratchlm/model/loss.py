@@ -136,7 +136,7 @@ class _Chunks:
         forward = lse is None
         top = torch.empty(n, dtype=f32, device=dev) if forward else None
         total = torch.empty(n, dtype=f32, device=dev) if forward else None
-        scale = torch.empty(n, dtype=f32, device=dev) if weights is not None else None
+        scale = torch.empty(n, dtype=f32, device=dev) if weights is not None and forward else weights
         for r in range(0, n, self.rows):
             zr = z[r : r + self.rows]
             m = zr.shape[0]
@@ -150,7 +150,8 @@ class _Chunks:
             if weights is None:
                 continue
             e[torch.arange(m, device=dev), targets[r : r + m]] -= sums if forward else 1.0
-            scale[r : r + m] = weights[r : r + m] / sums if forward else weights[r : r + m]
+            if forward:
+                scale[r : r + m] = weights[r : r + m] / sums
             if grad_b is not None:
                 grad_b += torch.mv(e.t(), scale[r : r + m])
             if e is not zr:
@@ -256,7 +257,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 for s in range(0, N, chunk):
                     h_c, t_c = h[s : s + chunk].to(dtype), safe[s : s + chunk]
                     z = chunks.logits(h_c)  # recomputed: (n, V)
-                    _, _, sc = chunks.softmax(z, t_c, scale[s : s + chunk], lse=lse[s : s + chunk], grad_b=grad_b)
+                    sc = scale[s : s + chunk]
+                    chunks.softmax(z, t_c, sc, lse=lse[s : s + chunk], grad_b=grad_b)
                     chunks.backward_into(grad_h[s : s + chunk] if need_h else None, grad_w, z, sc, h_c)
                     del z  # before the next chunk's (see forward)
         return (
