@@ -94,11 +94,11 @@ def readme_table(args: argparse.Namespace) -> None:
     # (row, loss path, glibc's malloc left as it is, precision): the first row is main before this work, the
     # full logits with the default malloc; "chunked" is what the trainer runs; "chunked, bf16" is the README
     # command as typed on a CPU with bf16 instructions (`--precision auto`)
-    keep = args.no_retain_host_memory
-    paths = [("main before: full", "full", True, "fp32"), ("full, retained", "full", keep, "fp32"),
-             ("chunked", "chunked", keep, "fp32")]
+    plain = args.no_retain_host_memory  # every row with the default malloc
+    paths = [("main before: full", "full", True, "fp32"), ("full, retained", "full", plain, "fp32"),
+             ("chunked", "chunked", plain, "fp32")]
     if cpu_has_native_bf16():
-        paths.append(("chunked, bf16", "chunked", keep, "bf16"))
+        paths.append(("chunked, bf16", "chunked", plain, "bf16"))
     rows = {}
     for name, kind, default_malloc, precision in paths:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--preset", "gpt2-tiny",
